@@ -104,7 +104,7 @@ def iter_hf(name: str, split: str = "train", on_error="raise", log: ErrorLog | N
     for i, rec in enumerate(ds):
         if (d := record_to_doc(rec, f"{name}:{split}:row {i}", on_error, log)) is not None: yield d
 
-CORPUS_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".json", ".parquet")
+CORPUS_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".parquet")  # a folder scan takes these; name other files explicitly
 
 def corpus_files(spec) -> list[Path]:
     "Expand a file, folder (recursively) or glob, or a list of them, into sorted corpus files."
