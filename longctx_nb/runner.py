@@ -128,8 +128,9 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
                      finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json(mpath, man)
         tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
-        if publish: publish_figures(rd.root, name)
     this["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds"); write_json(mpath, man)
+    if publish:
+        for nb in chosen.values(): publish_figures(rd.root, nb.stem)
     return man
 
 def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
