@@ -69,7 +69,7 @@ def notebook_code_hash(nb_path) -> str:
     nb = nbformat.read(nb_path, as_version=4)
     return hashlib.sha256("\x1e".join(c.source for c in nb.cells if c.cell_type == "code").encode()).hexdigest()[:16]
 
-def fingerprint(params: dict, code_hash: str, upstream: list[str]) -> str:
+def fingerprint(params: dict, code_hash: str, upstream: list) -> str:
     "Identity of a stage's work: its parameters, its code and what it was fed."
     blob = json.dumps({"p": params, "code": code_hash, "up": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -101,13 +101,13 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
     this = {"started": started, "profile": prof["source"], "overrides": list(params), "stages": list(chosen),
             "git_commit": git_commit(), "versions": package_versions()}
     man["runs"].append(this); write_json(mpath, man)
-    upstream = []
     bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage")
     for sid, nb in bar:
         name = nb.stem; bar.set_postfix_str(name)
         p = {**resolved[sid], "run_dir": str(rd.root)}
+        earlier = [all_[e].stem for e in all_ if e < sid]  # chained through the manifest, selected now or not
+        upstream = [man["stages"].get(n, {}).get("fingerprint") for n in earlier]
         fp = fingerprint({k: v for k, v in p.items() if k != "run_dir"}, notebook_code_hash(nb), upstream)
-        upstream.append(fp)
         prev = man["stages"].get(name, {})
         if prev.get("status") == "completed" and prev.get("fingerprint") == fp and not force:
             tqdm.write(f"{name}: completed earlier with the same parameters, skipped (--force redoes it)")

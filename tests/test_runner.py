@@ -42,11 +42,19 @@ def test_manifest_records_parameters_versions_commit_and_time(cpu_run):
 def test_rerun_skips_and_force_redoes(cpu_run):
     t0 = time.time(); r = longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run))
     assert "skipped" in r.stderr + r.stdout and time.time() - t0 < 30
-    assert manifest(cpu_run)["runs"][-1]["skipped"] == ["01_mixture"]
-    before = manifest(cpu_run)["stages"]["01_mixture"]["started"]
+    assert manifest(cpu_run)["runs"][-1]["skipped"] == ["01_mixture", "02_upsample"]
+    before = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
     time.sleep(1.1)
-    longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run), "--force")
-    assert manifest(cpu_run)["stages"]["01_mixture"]["started"] != before
+    longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run), "--stages", "02", "--force")
+    after = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
+    assert after["02_upsample"] != before["02_upsample"] and after["01_mixture"] == before["01_mixture"]
+    # changing an earlier stage's parameter redoes it and the stage that depends on it
+    fp = manifest(cpu_run)["stages"]["02_upsample"]["fingerprint"]
+    from longctx_nb.runner import fingerprint  # the chain: 02's fingerprint includes 01's
+    assert fp == fingerprint({k: v for k, v in manifest(cpu_run)["stages"]["02_upsample"]["parameters"].items() if k != "run_dir"},
+                             __import__("longctx_nb.runner", fromlist=["x"]).notebook_code_hash(
+                                 Path(__file__).parent.parent / "nbs" / "02_upsample.ipynb"),
+                             [manifest(cpu_run)["stages"]["01_mixture"]["fingerprint"]])
 
 
 def test_unknown_parameter_is_an_error(tmp_path):
@@ -84,10 +92,10 @@ def test_failing_stage_stops_the_run_and_names_the_cell(tmp_path):
 def test_crash_after_the_data_step_resumes_without_rebuilding(tmp_path):
     rd = tmp_path / "run"
     # thresholds must be numbers: the stage builds corpus and tokenizer, then fails in the statistics
-    r = longctx("run", "--run-dir", str(rd), "-p", "01.thresholds=[x]", check=False)
+    r = longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", "01.thresholds=[x]", check=False)
     assert r.returncode == 1 and "stage 01_mixture failed" in r.stderr
     built = {p: p.stat().st_mtime_ns for p in [rd / "corpus" / "manifest.json", rd / "tokenizer" / "tokenizer.json"]}
-    longctx("run", "--run-dir", str(rd))
+    longctx("run", "--run-dir", str(rd), "--stages", "01")
     assert {p: p.stat().st_mtime_ns for p in built} == built, "corpus and tokenizer were rebuilt"
     assert manifest(rd)["stages"]["01_mixture"]["status"] == "completed"
 
@@ -105,12 +113,12 @@ def bad_corpus(tmp_path):
 
 
 def test_bad_input_fails_naming_file_and_line(bad_corpus, tmp_path):
-    r = longctx("run", "--run-dir", str(tmp_path / "r"), "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", check=False)
+    r = longctx("run", "--run-dir", str(tmp_path / "r"), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", check=False)
     assert r.returncode == 1 and f"{bad_corpus / 'b.jsonl'}:3: bad-json" in r.stderr
 
 
 def test_bad_input_skipped_and_counted(bad_corpus, tmp_path):
     rd = tmp_path / "r"
-    longctx("run", "--run-dir", str(rd), "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", "-p", "01.on_error=skip")
+    longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", "-p", "01.on_error=skip")
     m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
     assert m["errors"]["by_kind"] == {"bad-json": 1} and m["domains"]["github"]["docs"] == 30 and m["domains"]["book"]["docs"] == 3
