@@ -30,7 +30,8 @@ def _id_dtype(vocab_size: int): return np.uint16 if vocab_size <= 65536 else np.
 def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64):
     "Tokenize one corpus file into `out_dir/<name>.{bin,docs.npy}` (atomic); returns its error counts."
     from longctx_nb.tokenizer import load_tokenizer
-    tok = load_tokenizer(tok_path); dt = _id_dtype(len(tok)); out_dir = Path(out_dir)
+    tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path  # a path (worker) or the tokenizer
+    dt = _id_dtype(len(tok)); out_dir = Path(out_dir)
     stem = Path(path).name.replace(".", "_")
     if (out_dir / f"{stem}.docs.npy").exists(): return {}
     log, docs, off, batch = ErrorLog(), [], 0, []
@@ -84,7 +85,7 @@ def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", pro
                 for k, v in fu.result().items(): errors[k] += v
     else:
         for f in tqdm(files, desc="tokenizing files", disable=not progress):
-            for k, v in _tokenize_file(f, out_dir, tok_path, on_error).items(): errors[k] += v
+            for k, v in _tokenize_file(f, out_dir, tok, on_error).items(): errors[k] += v
     st_docs = [np.load(out_dir / f"{p}.docs.npy") for p in meta["parts"]]
     meta.update(n_docs=int(sum(len(d) for d in st_docs)), n_tokens=int(sum(d["length"].sum() for d in st_docs)), errors=dict(errors))
     write_json(out_dir / "meta.json", meta)
