@@ -71,7 +71,7 @@ def model_inv_freq(model) -> np.ndarray:
 # %% ../nbs/03_extend.ipynb
 @torch.no_grad()
 def score_documents(model, docs: list[np.ndarray], eval_len: int, batch: int = 4) -> dict:
-    "Per-document (loss sum, tokens) and per-position (loss sum, count) over the first `eval_len` tokens."
+    "Per-document (loss sum, tokens) over the first `eval_len` tokens; per-position sums over documents filling them."
     model.eval(); dev = next(model.parameters()).device
     per_doc, pos_sum, pos_n = [], np.zeros(eval_len - 1), np.zeros(eval_len - 1)
     order = sorted(range(len(docs)), key=lambda k: -len(docs[k]))
@@ -86,7 +86,7 @@ def score_documents(model, docs: list[np.ndarray], eval_len: int, batch: int = 4
         valid = mask[:, 1:].bool()
         for r, k in enumerate(ks):
             v = nll[r][valid[r]].double().numpy(); res[k] = (float(v.sum()), len(v))
-            pos_sum[:len(v)] += v; pos_n[:len(v)] += 1
+            if len(v) == eval_len - 1: pos_sum += v; pos_n += 1  # only documents that fill the window: no mix shift
     return {"docs": res, "pos_sum": pos_sum, "pos_n": pos_n}
 
 def band_of(n_tokens: int, threshold: int) -> str:

@@ -15,7 +15,7 @@ from .core import write_json, read_json, save_figure
 
 # %% auto 0
 __all__ = ['attn_implementation', 'tiny_llama', 'load_model', 'ChunkView', 'TrainConfig', 'steps_for', 'last_checkpoint',
-           'train_lm', 'plot_training']
+           'run_key', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 def attn_implementation() -> str:
@@ -107,13 +107,23 @@ def last_checkpoint(out_dir) -> str | None:
     cks = sorted(Path(out_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if Path(out_dir).exists() else []
     return str(cks[-1]) if cks else None
 
-def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None):
-    "Train `model` on `dataset` with HF Trainer into `out_dir`, resuming from its last checkpoint; returns the log."
+def run_key(cfg: TrainConfig, seq_len: int, n: int, init=None, data=None) -> str:
+    "Identity of a training run: its settings, sequence length and count, starting weights and data."
+    import hashlib
+    blob = json.dumps({"cfg": asdict(cfg), "seq_len": seq_len, "n": n, "init": init, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None, init=None, data=None):
+    "Train `model` on `dataset` into `out_dir` with HF Trainer, resuming its own last checkpoint; returns the log."
     from transformers import Trainer, TrainingArguments, TrainerCallback
+    import shutil
     seq_len = len(dataset[0]["input_ids"]); steps, accum = steps_for(cfg, seq_len)
+    key = run_key(cfg, seq_len, len(dataset), init, data)  # `init`: what the weights start from; `data`: which data
     out_dir = Path(out_dir); done = read_json(out_dir / "train_log.json")
-    if done and done.get("finished") and done.get("config") == asdict(cfg):
-        return done  # this phase completed earlier with the same settings
+    if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
+    if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
+        shutil.rmtree(out_dir)  # checkpoints of a different run (settings, start or data changed): never resume them
+    write_json(out_dir / "run_key.json", {"key": key})
     use_cpu = not torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=cfg.micro_batch,
@@ -131,19 +141,19 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     trainer.save_model(str(out_dir / "final"))
-    log = {"config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
+    log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
            "tokens": steps * accum * cfg.micro_batch * seq_len * _world(), "wall_s": round(time.time() - t0, 1),
            "history": trainer.state.log_history, "finished": True}
     write_json(out_dir / "train_log.json", log)
     return log
 
 # %% ../nbs/00e_train.ipynb
-def plot_training(logs: dict, ax=None, title="training loss"):
-    "Loss against tokens for several runs (`{label: train_log}`)."
+def plot_training(logs: dict, ax=None, title="training loss", offsets: dict | None = None):
+    "Loss against tokens for several runs (`{label: train_log}`), each shifted by `offsets[label]` tokens."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
     for label, log in logs.items():
-        h = [x for x in log["history"] if "loss" in x]
-        ax.plot([x["tokens"] for x in h], [x["loss"] for x in h], label=label)
+        h = [x for x in log["history"] if "loss" in x]; o = (offsets or {}).get(label, 0)
+        ax.plot([o + x["tokens"] for x in h], [x["loss"] for x in h], label=label)
     ax.set_xlabel("training tokens"); ax.set_ylabel("loss"); ax.set_title(title); ax.legend(fontsize=8)
     return ax.figure

@@ -47,3 +47,12 @@ def test_finished_phase_is_not_retrained(tmp_path):
     log = train_lm(tiny_llama(64, hidden=32, layers=1, heads=2, max_pos=16), Rand(), tmp_path, _cfg())
     again = train_lm(tiny_llama(64, hidden=32, layers=1, heads=2, max_pos=16), Rand(), tmp_path, _cfg())
     assert again["wall_s"] == log["wall_s"]
+
+
+def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
+    train_lm(tiny_llama(64, hidden=32, layers=1, heads=2, max_pos=16), Rand(), tmp_path, _cfg(), init="A")
+    cfg = _cfg(); cfg.lr = 1e-3
+    log = train_lm(tiny_llama(64, hidden=32, layers=1, heads=2, max_pos=16), Rand(), tmp_path, cfg, init="A")
+    assert [h["step"] for h in log["history"] if "loss" in h][0] == 2, "trained from step 0, not resumed"
+    log2 = train_lm(tiny_llama(64, hidden=32, layers=1, heads=2, max_pos=16), Rand(), tmp_path, cfg, init="B")
+    assert log2["key"] != log["key"] and [h["step"] for h in log2["history"] if "loss" in h][0] == 2
