@@ -15,7 +15,7 @@ from .core import write_json, read_json, save_figure
 
 # %% auto 0
 __all__ = ['attn_implementation', 'tiny_llama', 'load_model', 'ChunkView', 'TrainConfig', 'steps_for', 'last_checkpoint',
-           'run_key', 'train_lm', 'plot_training']
+           'run_key', 'weighted_lm_loss', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 def attn_implementation() -> str:
@@ -75,6 +75,7 @@ class TrainConfig:
     grad_checkpointing: bool = False    # gpu profile: True
     seed: int = 0
     deepspeed: str | None = None        # a DeepSpeed config file (the multi-GPU stage writes one)
+    steps: int | None = None            # explicit optimizer steps (batch-level datasets, e.g. SFT); overrides max_tokens
 
 def _world() -> int: return int(os.environ.get("WORLD_SIZE", 1))
 
@@ -113,11 +114,30 @@ def run_key(cfg: TrainConfig, seq_len: int, n: int, init=None, data=None) -> str
     blob = json.dumps({"cfg": asdict(cfg), "seq_len": seq_len, "n": n, "init": init, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None, init=None, data=None):
+def weighted_lm_loss(model, batch: dict) -> torch.Tensor:
+    "Mean over rows of the weighted sum of token losses, `loss_weights` aligned with `labels` (no attention mask)."
+    batch = dict(batch); w = batch.pop("loss_weights").float(); labels = batch.pop("labels")
+    logits = model(**batch, use_cache=False).logits  # use_cache=False and no mask: packed samples stay isolated
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
+    return (nll * w[:, 1:]).sum(1).mean()
+
+def _trainer_cls():
+    from transformers import Trainer
+    class WeightedLossTrainer(Trainer):
+        "HF Trainer that uses `weighted_lm_loss` for batches carrying `loss_weights`."
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "loss_weights" not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = weighted_lm_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+    return WeightedLossTrainer
+
+def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None, init=None, data=None,
+             tokens_per_step: int | None = None):
     "Train `model` on `dataset` into `out_dir` with HF Trainer, resuming its own last checkpoint; returns the log."
-    from transformers import Trainer, TrainingArguments, TrainerCallback
+    from transformers import TrainingArguments, TrainerCallback
     import shutil
-    seq_len = len(dataset[0]["input_ids"]); steps, accum = steps_for(cfg, seq_len)
+    seq_len = int(np.asarray(dataset[0]["input_ids"]).shape[-1])
+    steps, accum = (cfg.steps, 1) if cfg.steps else steps_for(cfg, seq_len)
     key = run_key(cfg, seq_len, len(dataset), init, data)  # `init`: what the weights start from; `data`: which data
     out_dir = Path(out_dir); done = read_json(out_dir / "train_log.json")
     if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
@@ -132,17 +152,17 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
         logging_steps=cfg.log_steps, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
         bf16=cfg.bf16, report_to=[], seed=cfg.seed, data_seed=cfg.seed, **{_CKPT_ARG: cfg.grad_checkpointing},
         dataloader_num_workers=0, use_cpu=use_cpu, disable_tqdm=False, deepspeed=cfg.deepspeed, remove_unused_columns=False)
-    tp = _Throughput(accum * cfg.micro_batch * seq_len * _world())
+    tp = _Throughput(tokens_per_step or accum * cfg.micro_batch * seq_len * _world())
     cb = type("ThroughputCallback", (TrainerCallback,), {"on_train_begin": lambda s, *a, **k: tp.on_train_begin(*a, **k),
                                                          "on_log": lambda s, *a, **k: tp.on_log(*a, **k)})()
     if hasattr(model.config, "use_cache"): model.config.use_cache = False
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[cb, *callbacks],
+    trainer = _trainer_cls()(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[cb, *callbacks],
                       eval_dataset=eval_dataset)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     trainer.save_model(str(out_dir / "final"))
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
-           "tokens": steps * accum * cfg.micro_batch * seq_len * _world(), "wall_s": round(time.time() - t0, 1),
+           "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
            "history": trainer.state.log_history, "finished": True}
     write_json(out_dir / "train_log.json", log)
     return log
