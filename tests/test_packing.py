@@ -20,8 +20,8 @@ def test_stage_reports_exact_weighting_on_the_real_model(cpu_run):
 def test_efficiency_measured_for_every_method(cpu_run):
     eff = pd.read_csv(cpu_run / "05_packing" / "tables" / "efficiency.csv").set_index("method")
     assert set(eff.index) == {"naive", "sorted", "packing"}
-    assert eff.loc["packing", "real_token_fraction"] >= 0.99
-    assert eff.loc["naive", "real_token_fraction"] < eff.loc["sorted", "real_token_fraction"]
+    assert eff.loc["packing", "real_token_fraction"] >= 0.995  # LongAlign's goal; the cpu profile packs one row per step
+    assert eff.loc["naive", "real_token_fraction"] < min(eff.loc["sorted", "real_token_fraction"], eff.loc["packing", "real_token_fraction"])
     assert (eff.real_tokens == eff.loc["naive", "real_tokens"]).all(), "every method sees the same tokens"
     for f in ("efficiency.png", "sft_loss.png"): assert (cpu_run / "05_packing" / "figures" / f).exists()
 
