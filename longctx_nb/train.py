@@ -15,7 +15,8 @@ from .core import write_json, read_json, save_figure
 
 # %% auto 0
 __all__ = ['attn_implementation', 'tiny_llama', 'load_model', 'ChunkView', 'TrainConfig', 'steps_for', 'last_checkpoint',
-           'run_key', 'weighted_lm_loss', 'train_lm', 'plot_training']
+           'run_key', 'weighted_lm_loss', 'shift_weights', 'chunked_lm_loss', 'tile_mlp', 'check_parallel',
+           'isolate_packed_sdpa', 'init_process_state', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 def attn_implementation() -> str:
@@ -28,11 +29,11 @@ def attn_implementation() -> str:
     return "sdpa"
 
 def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 4, heads: int = 4, max_pos: int = 256,
-               rope_theta: float = 10000.0, seed: int = 0, **kw):
+               rope_theta: float = 10000.0, seed: int = 0, kv_heads: int | None = None, **kw):
     "A small Llama-architecture causal LM (tied embeddings), deterministic for a seed."
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 8 * 8,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                       max_position_embeddings=max_pos, tie_word_embeddings=True,
                       rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)}, **kw)
     torch.manual_seed(seed)
@@ -76,12 +77,19 @@ class TrainConfig:
     seed: int = 0
     deepspeed: str | None = None        # a DeepSpeed config file (the multi-GPU stage writes one)
     steps: int | None = None            # explicit optimizer steps (batch-level datasets, e.g. SFT); overrides max_tokens
+    sp_size: int = 1                    # Ulysses sequence parallelism: ranks that share one sequence (needs ZeRO-3)
+    sampling: str = "random"            # "random" or "sequential" (the parity tests: the same order in every layout)
+    optim: str = "adamw_torch"          # HF optimizer name ("sgd" in parity tests: weight change = lr x gradient)
+    loss_chunk: int = 0                 # >0: the loss in chunks of this many tokens, full logits never stored
+    tiled_mlp: int = 0                  # >0: each MLP runs over this many sequence tiles, recomputed in backward
+    activation_offload: bool = False    # keep saved activations (the checkpoints) in CPU memory
 
 def _world() -> int: return int(os.environ.get("WORLD_SIZE", 1))
+def _is_main() -> bool: return int(os.environ.get("RANK", 0)) == 0
 
 def steps_for(cfg: TrainConfig, seq_len: int) -> tuple[int, int]:
     "(optimizer steps, gradient accumulation) for a config and sequence length."
-    per_pass = cfg.micro_batch * seq_len * _world()
+    per_pass = cfg.micro_batch * seq_len * max(1, _world() // cfg.sp_size)  # sequence-parallel ranks share sequences
     accum = max(1, round(cfg.batch_tokens / per_pass))
     return max(1, cfg.max_tokens // (accum * per_pass)), accum
 
@@ -121,15 +129,110 @@ def weighted_lm_loss(model, batch: dict) -> torch.Tensor:
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
     return (nll * w[:, 1:]).sum(1).mean()
 
+def _sp_weighted_loss(model, inputs: dict) -> torch.Tensor:
+    "Weighted loss of one sequence shard under Ulysses SP: this shard's sum, all-gathered (differentiably) and added."
+    from deepspeed.utils import groups
+    inputs = dict(inputs); w = inputs.pop("shift_loss_weights").float(); tgt = inputs.pop("shift_labels")
+    inputs.pop("labels", None); inputs.pop("loss_weights", None)
+    logits = model(**inputs, use_cache=False).logits
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none", ignore_index=-100)
+    part = (nll * w).sum(1).mean()  # rows' sums are additive over shards; a shard with no targets adds exactly 0
+    return torch.stack(torch.distributed.nn.functional.all_gather(part, group=groups._get_sequence_parallel_group())).sum()
+
+def shift_weights(batch: dict) -> dict:
+    "For SP: `shift_loss_weights[t]` = weight of the target at t+1, so sequence shards cut weights and targets alike."
+    if "loss_weights" not in batch: return batch
+    b = dict(batch); w = b.pop("loss_weights")
+    b["shift_loss_weights"] = torch.nn.functional.pad(w[..., 1:], (0, 1), value=0.0); return b
+
+def chunked_lm_loss(model, batch: dict, chunk: int, num_items=None) -> torch.Tensor:
+    "The loss of `weighted_lm_loss` (with `loss_weights`) or of HF's token mean, computed `chunk` tokens at a time."
+    from torch.utils.checkpoint import checkpoint
+    batch = dict(batch); labels = batch.pop("labels"); w = batch.pop("loss_weights", None)
+    h = model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
+    tgt = labels[:, 1:]
+    if w is None:  # HF's causal LM loss: sum over targets / number of targets (num_items across accumulation)
+        n = num_items if num_items is not None else (tgt != -100).sum()
+        w = (tgt != -100).float() / n; scale = 1.0
+    else: w = w[:, 1:].float(); scale = 1.0 / labels.shape[0]
+    def part(hc, tc, wc):
+        nll = torch.nn.functional.cross_entropy(model.lm_head(hc).float().transpose(1, 2), tc, reduction="none", ignore_index=-100)
+        return (nll * wc).sum()
+    total = sum(checkpoint(part, h[:, i:i + chunk], tgt[:, i:i + chunk], w[:, i:i + chunk], use_reentrant=False)
+                for i in range(0, h.shape[1], chunk))
+    return total * scale
+
+def tile_mlp(model, tiles: int):
+    "Run every decoder MLP over `tiles` sequence tiles, each recomputed in backward: MLP activations / tiles."
+    from torch.utils.checkpoint import checkpoint
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        if getattr(mlp, "_tiled", 0) == tiles: continue
+        fwd = type(mlp).forward.__get__(mlp)
+        def tiled(x, _fwd=fwd):
+            if x.shape[1] < 2 * tiles: return _fwd(x)
+            return torch.cat([checkpoint(_fwd, c, use_reentrant=False) if torch.is_grad_enabled() else _fwd(c)
+                              for c in x.chunk(tiles, dim=1)], dim=1)
+        mlp.forward = tiled; mlp._tiled = tiles
+    return model
+
 def _trainer_cls():
     from transformers import Trainer
     class WeightedLossTrainer(Trainer):
-        "HF Trainer that uses `weighted_lm_loss` for batches carrying `loss_weights`."
+        "HF Trainer that uses `weighted_lm_loss` for batches carrying `loss_weights` (in every parallel layout)."
+        lc_cfg: TrainConfig | None = None
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if "loss_weights" not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = weighted_lm_loss(model, inputs)
+            chunk = self.lc_cfg.loss_chunk if self.lc_cfg else 0
+            if "shift_loss_weights" in inputs and model.training: loss = _sp_weighted_loss(model, inputs)
+            elif chunk and "shift_labels" not in inputs: loss = chunked_lm_loss(model, inputs, chunk, num_items_in_batch)
+            elif "loss_weights" in inputs: loss = weighted_lm_loss(model, inputs)
+            else: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return (loss, None) if return_outputs else loss
+        def training_step(self, *a, **k):
+            if self.lc_cfg and self.lc_cfg.activation_offload:
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()): return super().training_step(*a, **k)
+            return super().training_step(*a, **k)
     return WeightedLossTrainer
+
+def check_parallel(cfg: TrainConfig, model) -> None:
+    "Refuse layouts known to train wrongly, with the reason (each is pinned by a test)."
+    if cfg.sp_size <= 1: return
+    stage = (read_json(cfg.deepspeed, {}) if cfg.deepspeed else {}).get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ValueError(f"sp_size={cfg.sp_size} needs a DeepSpeed ZeRO-3 config (got stage {stage}): under ZeRO-0/1/2 the "
+                         "all-gathered SP loss gives gradients sp_size times too large")
+    if cfg.micro_batch != 1: raise ValueError(f"sequence parallelism trains one sequence per step (micro_batch=1, got {cfg.micro_batch}); pack instead")
+    heads = model.config.num_attention_heads; kv = getattr(model.config, "num_key_value_heads", heads)
+    if heads % cfg.sp_size or kv % cfg.sp_size:
+        raise ValueError(f"{heads} attention heads ({kv} key/value) are not divisible by sp_size={cfg.sp_size}")
+    if model.config._attn_implementation not in ("sdpa", "flash_attention_2"):
+        raise ValueError(f"attention {model.config._attn_implementation!r} has no Ulysses path: use sdpa or flash_attention_2")
+    if _world() % cfg.sp_size: raise ValueError(f"world size {_world()} is not a multiple of sp_size={cfg.sp_size}")
+
+def isolate_packed_sdpa() -> None:
+    "Make the registered `sdpa` attention isolate packed samples when it gets no mask but restarting `position_ids`."
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    orig = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if getattr(orig, "_longctx_packed", False): return
+    def packed_sdpa(module, query, key, value, attention_mask, *args, position_ids=None, **kw):
+        if attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2] == position_ids.shape[-1]:
+            p = position_ids
+            starts = torch.cat([torch.ones_like(p[:, :1], dtype=torch.bool), p[:, 1:] <= p[:, :-1]], 1)
+            if bool(starts[:, 1:].any()):  # packed: a block-diagonal causal mask from the restarts
+                doc = starts.cumsum(-1); T = p.shape[-1]
+                causal = torch.ones(T, T, dtype=torch.bool, device=p.device).tril()
+                attention_mask = ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+        return orig(module, query, key, value, attention_mask, *args, position_ids=position_ids, **kw)
+    packed_sdpa._longctx_packed = True
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = packed_sdpa
+
+def init_process_state(cfg: TrainConfig) -> bool:
+    "Under a multi-process launcher on CPU, create the gloo process state HF Trainer will reuse; True if created."
+    if _world() <= 1 or torch.cuda.is_available(): return False
+    if cfg.deepspeed: os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    from accelerate.state import PartialState
+    PartialState(backend="gloo")
+    return True
 
 def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None, init=None, data=None,
              tokens_per_step: int | None = None):
@@ -142,29 +245,46 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     out_dir = Path(out_dir); done = read_json(out_dir / "train_log.json")
     if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
     if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
-        shutil.rmtree(out_dir)  # checkpoints of a different run (settings, start or data changed): never resume them
-    write_json(out_dir / "run_key.json", {"key": key})
-    use_cpu = not torch.cuda.is_available()
+        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run (settings, start or data changed): never resume them
+    check_parallel(cfg, model)
+    if _is_main(): write_json(out_dir / "run_key.json", {"key": key})
+    configured = init_process_state(cfg)  # use_cpu=True would silently turn DeepSpeed off: gloo state instead
+    par = {}
+    if cfg.sp_size > 1:
+        from accelerate.utils import ParallelismConfig, DeepSpeedSequenceParallelConfig
+        # Ulysses drops the mask and calls sdpa with is_causal over the gathered sequence: packed samples would see
+        # each other. flash-attn isolates them from position_ids; for sdpa the suite builds the mask from them.
+        if model.config._attn_implementation == "sdpa": isolate_packed_sdpa()
+        par["parallelism_config"] = ParallelismConfig(sp_backend="deepspeed", sp_size=cfg.sp_size, sp_handler=DeepSpeedSequenceParallelConfig(
+            sp_seq_length_is_variable=True, sp_attn_implementation=model.config._attn_implementation))
+        inner = collator or (lambda b: {k: torch.stack([torch.as_tensor(x[k]) for x in b]) for k in b[0]})
+        collator = lambda b: shift_weights(inner(b))
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule,
         warmup_steps=min(cfg.warmup_steps, steps), weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip,
         logging_steps=cfg.log_steps, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
         bf16=cfg.bf16, report_to=[], seed=cfg.seed, data_seed=cfg.seed, **{_CKPT_ARG: cfg.grad_checkpointing},
-        dataloader_num_workers=0, use_cpu=use_cpu, disable_tqdm=False, deepspeed=cfg.deepspeed, remove_unused_columns=False)
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available() and not configured, disable_tqdm=False,
+        deepspeed=cfg.deepspeed, remove_unused_columns=False, train_sampling_strategy=cfg.sampling,
+        accelerator_config={"use_configured_state": True} if configured else None, optim=cfg.optim, **par)
     tp = _Throughput(tokens_per_step or accum * cfg.micro_batch * seq_len * _world())
     cb = type("ThroughputCallback", (TrainerCallback,), {"on_train_begin": lambda s, *a, **k: tp.on_train_begin(*a, **k),
                                                          "on_log": lambda s, *a, **k: tp.on_log(*a, **k)})()
     if hasattr(model.config, "use_cache"): model.config.use_cache = False
+    if cfg.tiled_mlp: tile_mlp(model, cfg.tiled_mlp)
+    if cfg.loss_chunk and cfg.sp_size > 1: raise ValueError("loss_chunk with sp_size > 1: each shard's loss is already 1/sp of the logits; use one or the other")
     trainer = _trainer_cls()(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[cb, *callbacks],
                       eval_dataset=eval_dataset)
+    trainer.lc_cfg = cfg
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     trainer.save_model(str(out_dir / "final"))
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
+           "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
            "history": trainer.state.log_history, "finished": True}
-    write_json(out_dir / "train_log.json", log)
+    if _is_main(): write_json(out_dir / "train_log.json", log)
     return log
 
 # %% ../nbs/00e_train.ipynb
