@@ -194,9 +194,12 @@ def _trainer_cls():
             return super().training_step(*a, **k)
     return WeightedLossTrainer
 
-def check_parallel(cfg: TrainConfig, model) -> None:
+def check_parallel(cfg: TrainConfig, model, evaluating: bool = False) -> None:
     "Refuse layouts known to train wrongly, with the reason (each is pinned by a test)."
     if cfg.sp_size <= 1: return
+    if evaluating:
+        raise ValueError("evaluation during sequence-parallel training: Ulysses is off in eval mode, so each rank would score "
+                         "its shard as a whole sequence; evaluate the saved model in a separate run")
     stage = (read_json(cfg.deepspeed, {}) if cfg.deepspeed else {}).get("zero_optimization", {}).get("stage")
     if stage != 3:
         raise ValueError(f"sp_size={cfg.sp_size} needs a DeepSpeed ZeRO-3 config (got stage {stage}): under ZeRO-0/1/2 the "
@@ -246,7 +249,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
     if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run (settings, start or data changed): never resume them
-    check_parallel(cfg, model)
+    check_parallel(cfg, model, evaluating=eval_dataset is not None)
     if _is_main(): write_json(out_dir / "run_key.json", {"key": key})
     configured = init_process_state(cfg)  # use_cpu=True would silently turn DeepSpeed off: gloo state instead
     par = {}

@@ -108,7 +108,9 @@ def test_refused_layouts(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not divisible"): check_parallel(TrainConfig(sp_size=3, deepspeed=str(z3), micro_batch=1), m)
     m.config._attn_implementation = "eager"
     with pytest.raises(ValueError, match="no Ulysses path"): check_parallel(TrainConfig(sp_size=2, deepspeed=str(z3), micro_batch=1), m)
-    monkeypatch.setenv("WORLD_SIZE", "3"); m.config._attn_implementation = "sdpa"
+    m.config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="eval mode"): check_parallel(TrainConfig(sp_size=2, deepspeed=str(z3), micro_batch=1), m, evaluating=True)
+    monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="not a multiple"): check_parallel(TrainConfig(sp_size=2, deepspeed=str(z3), micro_batch=1), m)
 
 
