@@ -14,8 +14,8 @@ import torch
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'HFGenerator', 'EndpointError', 'OpenAIClient', 'EndpointGenerator', 'parse_score',
-           'overlap_score', 'LoopbackJudge']
+__all__ = ['REF_TAG', 'ANS_TAG', 'HFGenerator', 'read_jsonl', 'EndpointError', 'OpenAIClient', 'EndpointGenerator',
+           'generator_from_spec', 'parse_score', 'overlap_score', 'LoopbackJudge']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
@@ -78,6 +78,16 @@ class HFGenerator:
         return out
 
 # %% ../nbs/00f_llm.ipynb
+def read_jsonl(path) -> list[dict]:
+    "The records of a JSONL file (none if it is missing); unreadable lines, such as a torn last one, are skipped."
+    out = []
+    if Path(path).exists():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try: out.append(json.loads(line))
+            except json.JSONDecodeError: continue
+    return out
+
+# %% ../nbs/00f_llm.ipynb
 class EndpointError(RuntimeError):
     "An OpenAI-compatible endpoint failed for good (after retries, or with a client error)."
 
@@ -89,10 +99,8 @@ class OpenAIClient:
         self.max_retries, self.backoff, self.timeout, self.params = max_retries, backoff, timeout, params
         self.cache_path = Path(cache) if cache else None; self._cache = {}; self._lock = threading.Lock()
         self.calls = 0  # requests actually sent (cache hits excluded)
-        if self.cache_path and self.cache_path.exists():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                try: r = json.loads(line); self._cache[r["key"]] = r["response"]
-                except (json.JSONDecodeError, KeyError): continue  # a torn line from an interrupted write
+        if self.cache_path:
+            self._cache = {r["key"]: r["response"] for r in read_jsonl(self.cache_path) if "key" in r and "response" in r}
     def __repr__(self): return f"OpenAIClient({self.base_url!r}, model={self.model!r}, key from ${self.api_key_env})"
 
     def _url(self) -> str:
@@ -159,6 +167,20 @@ class EndpointGenerator:
             msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
             out.append(self.client.chat(msgs, max_tokens=max_new_tokens or self.max_new_tokens)["content"].strip())
         return out
+
+# %% ../nbs/00f_llm.ipynb
+def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, cache=None):
+    "An `HFGenerator` or `EndpointGenerator` for one entry of a stage's `models` parameter."
+    from longctx_nb.core import read_json
+    from longctx_nb.tokenizer import load_tokenizer
+    run_root = Path(run_root)
+    if "endpoint" in spec:
+        return EndpointGenerator(OpenAIClient(cache=cache, **spec["endpoint"]), max_new_tokens,
+                                 tokenizer=load_tokenizer(spec.get("tokenizer") or tokenizer))
+    p = run_root / spec["path"] if (run_root / spec["path"]).exists() else spec["path"]
+    tok = spec.get("tokenizer") or tokenizer
+    if not tok and not Path(p, "tokenizer.json").exists(): tok = read_json(run_root / "data.json", {}).get("tokenizer")
+    return HFGenerator(p, tokenizer=tok, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 # %% ../nbs/00f_llm.ipynb
 REF_TAG, ANS_TAG = ("[Reference answer]", "[End of reference answer]"), ("[Assistant's answer]", "[End of assistant's answer]")

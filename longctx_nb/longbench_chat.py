@@ -8,7 +8,7 @@ import json, random, re, urllib.request
 from pathlib import Path
 
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, atomic_path
-from .llm import HFGenerator, OpenAIClient, EndpointGenerator, LoopbackJudge, parse_score, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, LoopbackJudge, parse_score, read_jsonl, generator_from_spec, REF_TAG, ANS_TAG
 
 # %% auto 0
 __all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'load_cases', 'load_few_shots', 'detect_lang', 'make_fixture', 'truncate_middle',
@@ -124,12 +124,7 @@ def judge_case(client: OpenAIClient, case: dict, prediction: str, shots=None, re
 
 # %% ../nbs/08_longbench_chat.ipynb
 def _done(path) -> dict:
-    out = {}
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try: r = json.loads(line); out[r["idx"]] = r
-            except (json.JSONDecodeError, KeyError): continue
-    return out
+    return {r["idx"]: r for r in read_jsonl(path) if "idx" in r}
 
 def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int = 4) -> list[dict]:
     "Predictions for `cases` (resuming from `out_path`)."

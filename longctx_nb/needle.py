@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
-from .llm import HFGenerator, OpenAIClient, EndpointGenerator, LoopbackJudge, parse_score, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, LoopbackJudge, parse_score, read_jsonl, generator_from_spec, REF_TAG, ANS_TAG
 
 # %% auto 0
 __all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'STORY_PROMPT',
@@ -181,12 +181,7 @@ def cell_key(model: str, form: str, hay_hash: str, c: dict) -> str:
 
 def read_results(path) -> list[dict]:
     "Cells already in a results JSONL (a torn last line is ignored)."
-    out = []
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError: continue
-    return out
+    return read_jsonl(path)
 
 def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: str, scorers=("contains", "word_recall", "rouge1_f"),
              judge: OpenAIClient | None = None, progress: bool = True) -> dict:

@@ -161,11 +161,6 @@ def plot_efficiency(eff, lengths, max_len):
 
 # %% ../nbs/05_packing.ipynb
 def zero3_config(offload_optimizer: bool = False, offload_params: bool = False) -> dict:
-    "A DeepSpeed ZeRO-3 config for HF Trainer (bf16, batch sizes from the Trainer)."
-    off = lambda on: {"device": "cpu", "pin_memory": True} if on else {"device": "none"}
-    return {"bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto",
-            "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
-                                  "offload_optimizer": off(offload_optimizer), "offload_param": off(offload_params),
-                                  "stage3_gather_16bit_weights_on_model_save": True, "reduce_bucket_size": "auto",
-                                  "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto"}}
+    "A DeepSpeed ZeRO-3 config for HF Trainer (bf16, batch sizes from the Trainer): stage 06's `ds_config`."
+    from longctx_nb.distributed import ds_config
+    return ds_config(3, offload_optimizer, offload_params)
