@@ -145,10 +145,20 @@ def job_main(argv=None):
     spec = json.loads(Path(argv[0]).read_text())
     if len(argv) > 1:  # one phase (progressive runs launch each phase anew: the SP group may change)
         k = int(argv[1]); prev = Path(spec["out"]) / f"phase-{k - 1}" / "final"
-        return run_job({**spec, "phases": [spec["phases"][k]], "init": str(prev) if k else spec.get("init")}, first=k)
-    if len({p.get("sp_size", spec["train"].get("sp_size", 1)) for p in spec.get("phases") or [{}]}) > 1:
+        spec = {**spec, "phases": [spec["phases"][k]], "init": str(prev) if k else spec.get("init")}
+    elif len({p.get("sp_size", spec["train"].get("sp_size", 1)) for p in spec.get("phases") or [{}]}) > 1:
         raise SystemExit(f"{argv[0]}: the phases use different sp sizes; launch each phase on its own (append its index)")
-    run_job(spec)
+    else: k = 0
+    run_job(spec, first=k)
+    _shutdown()
+
+def _shutdown():
+    "Leave a multi-process job cleanly: wait for every rank, tear the process group down, skip C++ static teardown."
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
+    torch.distributed.barrier(); torch.distributed.destroy_process_group()
+    # DeepSpeed's CPU communication threads can abort the interpreter's exit ("terminate called without an active
+    # exception") after all work is saved; every output is written and closed by now, so end the process directly.
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
 
 if __name__ == "__main__" and "__file__" in globals(): job_main()  # not when this notebook runs in a kernel
 
