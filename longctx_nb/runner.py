@@ -16,8 +16,8 @@ from .core import (RunDir, load_profile, resolve_parameters, package_versions, g
 from .models import model_main
 
 # %% auto 0
-__all__ = ['nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'StageFailed',
-           'run', 'publish_figures', 'main']
+__all__ = ['PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint',
+           'kernel_config', 'write_provenance', 'StageFailed', 'run', 'publish_figures', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
@@ -76,6 +76,22 @@ def fingerprint(params: dict, code_hash: str, upstream: list) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 # %% ../nbs/00d_runner.ipynb
+PROVENANCE = "provenance.json"
+
+def kernel_config():
+    "Kernels talk to papermill over local IPC sockets: no TCP ports, and no \"Kernel is running over TCP\" warning per stage."
+    from traitlets.config import Config
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+def write_provenance(fig_dir, **prov) -> Path | None:
+    "Write `provenance.json` beside a stage's figures: where they come from (`prov`: profile, run, commit, date) and each PNG's sha256."
+    fig_dir = Path(fig_dir); pngs = sorted(fig_dir.glob("*.png"))
+    if not pngs: return None
+    figs = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in pngs}
+    write_json(fig_dir / PROVENANCE, {**prov, "figures": figs})
+    return fig_dir / PROVENANCE
+
+# %% ../nbs/00d_runner.ipynb
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the stage, cell and error."
 
@@ -120,7 +136,8 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), kernel_name=kernel,
-                                progress_bar=False, log_output=log_output, report_mode=False)
+                                progress_bar=False, log_output=log_output, report_mode=False,
+                                config=kernel_config())
         except Exception as e:
             entry.update(status="failed", wall_s=round(time.time() - t0, 1), error=_cell_error(e)[:4000])
             write_json(mpath, man)
@@ -130,6 +147,8 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
         if (sources := rd.metrics(name).get("model_sources")):
             entry["models"] = sources  # where each model came from: run folder, local, registry (file, sha256), hub
         write_json(mpath, man)
+        write_provenance(out.parent / "figures", profile=Path(prof["source"]).stem, run=rd.root.name,
+                         commit=this["git_commit"], date=entry["finished"])
         tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
     this["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds"); write_json(mpath, man)
     if publish:
@@ -143,6 +162,7 @@ def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
     out = []
     for f in sorted(src.glob("*.png")):
         dest.mkdir(parents=True, exist_ok=True); shutil.copyfile(f, dest / f.name); out.append(dest / f.name)
+    if out and (src / PROVENANCE).exists(): shutil.copyfile(src / PROVENANCE, dest / PROVENANCE)
     return out
 
 # %% ../nbs/00d_runner.ipynb
