@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch>=2.4,<2.14
 
-.PHONY: install run test docs-check
+.PHONY: install run test docs-check docs docs-serve lab browser
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,24 @@ $(VENV)/.installed: settings.ini setup.py
 run: install
 	$(BIN)/longctx run --profile cpu --run-dir runs/cpu
 
-test: install
+test: install browser
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests
+
+# The docs site (tools/docs.py): Quarto (nbdev's flow) where it is installed, else Sphinx + MyST-NB offline.
+# Stage pages are the notebooks as executed in a run (runs/gpu, runs/smol or runs/cpu: `make run` first).
+docs: install
+	$(BIN)/python tools/docs.py --out _docs
+
+docs-serve: docs
+	@if command -v quarto >/dev/null; then quarto preview _proc --port 3000 --no-browser; \
+	else echo "serving _docs on http://127.0.0.1:3000"; $(BIN)/python -m http.server 3000 --bind 127.0.0.1 -d _docs; fi
+
+# JupyterLab on the project's kernel (the .venv's python3, which imports this checkout's longctx_nb).
+lab: install
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=nbs
+
+# The browser test drives Debian's chromium through playwright's Python package (no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the browser test will be skipped"

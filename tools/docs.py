@@ -1,0 +1,244 @@
+"""Build the docs site into `_docs/` from the notebooks, with each stage page taken from a real run.
+
+    python tools/docs.py [--run runs/cpu] [--out _docs] [--engine auto|quarto|sphinx]
+
+Pages, sidebar and order follow `_quarto.yml`. Library notebooks (`00*`) are shown as written; each stage
+notebook is shown as executed in a run (a `gpu` run when one exists, then `smol`, then `cpu`), so its figures
+are the reproduced ones. Every figure carries its provenance (profile, run, commit, date) in its caption, read
+from the `provenance.json` sidecar that `longctx run` writes beside the figures; a figure drawn at another
+commit than the one the site is built from is flagged.
+
+Engines: with Quarto installed, nbdev's own flow renders the pages (`quarto render`, as `nbdev_docs` does);
+otherwise Sphinx with MyST-NB and the Furo theme, all from PyPI and fully offline: MyST-NB renders executed
+notebooks with their outputs (figures as image files), Sphinx gives the sidebar (from a toctree in
+`_quarto.yml`'s order) and a client-side search index, and all three are maintained by active projects.
+"""
+from __future__ import annotations
+import argparse, json, re, shutil, subprocess, sys
+from pathlib import Path
+
+import nbformat, yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_PREFERENCE = ("gpu", "smol", "cpu")  # a run of the papers' scale first, the cpu run by default
+FIG_LINK = re.compile(r"!\[([^\]]*)\]\(\.\./figures/([^/)]+)/([^)]+\.png)\)")
+
+
+def sidebar(quarto_yml=None) -> list[tuple[str | None, list[str]]]:
+    "The sidebar of `_quarto.yml`: [(section title or None, [notebook stems])], in its order."
+    cfg = yaml.safe_load(Path(quarto_yml or ROOT / "_quarto.yml").read_text())
+    out = []
+    for e in cfg["website"]["sidebar"]["contents"]:
+        if isinstance(e, str): out.append((None, [Path(e).stem]))
+        else: out.append((e["section"], [Path(x).stem for x in e["contents"]]))
+    return out
+
+
+def is_stage(stem: str) -> bool: return bool(re.match(r"^\d\d_", stem)) and not stem.startswith("00")
+
+
+def _profile(run: Path) -> str:
+    try: runs = json.loads((run / "manifest.json").read_text()).get("runs", [])
+    except (OSError, ValueError): return ""
+    return Path(runs[-1]["profile"]).stem if runs else ""
+
+
+def find_run(root=ROOT) -> Path | None:
+    "The run the stage pages come from: the newest run of the gpu profile, else smol, else cpu (None if none)."
+    runs = [p.parent for p in sorted((Path(root) / "runs").glob("*/manifest.json"))]
+    for prof in RUN_PREFERENCE:
+        hits = [r for r in runs if _profile(r) == prof or r.name == prof]
+        if hits: return max(hits, key=lambda r: (r / "manifest.json").stat().st_mtime)
+    return None
+
+
+def git_commit(path=ROOT) -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError): return None
+
+
+def _short(c) -> str: return (c or "unknown")[:7] + ("+dirty" if c and c.endswith("+dirty") else "")
+def _same(a, b) -> bool: return bool(a and b) and a.split("+")[0] == b.split("+")[0]
+
+
+def figure_caption(name: str, prov: dict | None, sha: str | None, site_commit: str | None) -> tuple[str, bool]:
+    "Caption text for figure `name` from its provenance sidecar, and whether it is flagged (stale or unknown)."
+    if not prov or name not in prov.get("figures", {}):
+        return f"{name}: provenance unknown (no provenance.json entry).", True
+    when = str(prov.get("date", ""))[:16].replace("T", " ")
+    cap = (f"{name}: reproduced by profile `{prov.get('profile')}`, run `{prov.get('run')}`, "
+           f"commit `{_short(prov.get('commit'))}`, {when} UTC.")
+    flagged = False
+    if sha and prov["figures"][name] != sha:
+        cap += " **Flagged: the file changed after the run recorded it.**"; flagged = True
+    if site_commit and not _same(prov.get("commit"), site_commit):
+        cap += f" **Flagged: drawn at an older commit than this page (`{_short(site_commit)}`).**"; flagged = True
+    return cap, flagged
+
+
+def _sha(p: Path) -> str:
+    import hashlib
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _figure_md(rel: str, caption: str, engine: str) -> str:
+    if engine == "quarto": return f"![{caption}]({rel})"
+    return f"```{{figure}} {rel}\n:alt: {rel.rsplit('/', 1)[-1]}\n\n{caption}\n```"
+
+
+def _clean_code(src: str) -> str | None:
+    "Drop nbdev directives (`#| ...`); None when the cell is hidden or holds only directives."
+    lines = src.splitlines(); dirs = [l for l in lines if re.match(r"^\s*#\|", l)]
+    if any(re.match(r"^\s*#\|\s*hide\b", l) for l in dirs): return None
+    body = "\n".join(l for l in lines if not re.match(r"^\s*#\|", l)).strip("\n")
+    return body or None
+
+
+def stage_source(stem: str, run: Path | None) -> tuple[Path, dict | None]:
+    "The notebook a stage page is made from (executed in `run` when it completed there) and its manifest entry."
+    if run is not None:
+        try: entry = json.loads((run / "manifest.json").read_text())["stages"].get(stem)
+        except (OSError, ValueError, KeyError): entry = None
+        nb = run / stem / f"{stem}.ipynb"
+        if entry and entry.get("status") == "completed" and nb.exists(): return nb, entry
+    return ROOT / "nbs" / f"{stem}.ipynb", None
+
+
+def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str | None) -> dict:
+    "Write the processed notebook for one page into `src`; return what the page shows (for the report)."
+    nb_path, entry = stage_source(stem, run) if is_stage(stem) else (ROOT / "nbs" / f"{stem}.ipynb", None)
+    nb = nbformat.read(nb_path, as_version=4)
+    figs_here, prov, shown = [], None, []
+    if is_stage(stem):
+        fdir = (run / stem / "figures") if entry else (ROOT / "figures" / stem)
+        if fdir.is_dir():
+            out = src / "figures" / stem; out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(fdir.glob("*.png")): shutil.copyfile(f, out / f.name); figs_here.append(f)
+            pj = fdir / "provenance.json"
+            prov = json.loads(pj.read_text()) if pj.exists() else None
+    shas = {f.name: _sha(f) for f in figs_here}
+    flagged = []
+
+    def fig(name, alt=""):
+        cap, flag = figure_caption(name, prov, shas.get(name), site_commit)
+        if flag: flagged.append(name)
+        shown.append(name)
+        return _figure_md(f"figures/{stem}/{name}", (alt + ". " if alt else "") + cap, engine)
+
+    cells = []
+    for c in nb.cells:
+        c.metadata.pop("papermill", None); c.metadata.pop("execution", None)
+        if c.cell_type == "code":
+            body = _clean_code(c.source)
+            if body is None: continue
+            c.source = body
+            c.outputs = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        elif c.cell_type == "markdown":
+            s = c.source
+            if "{{< include ../README.md >}}" in s:
+                s = s.replace("{{< include ../README.md >}}", (ROOT / "README.md").read_text())
+            if re.fullmatch(r"\s*---\s*\ntitle:.*\n---\s*", s) and engine != "quarto": continue  # front matter
+            s = FIG_LINK.sub(lambda m: fig(m.group(3), m.group(1)) if m.group(2) == stem and m.group(3) in shas
+                             else m.group(0).replace("](../figures/", "](figures/"), s)
+            c.source = s
+        cells.append(c)
+    if is_stage(stem):
+        if entry:
+            runs = json.loads((run / "manifest.json").read_text()).get("runs", [])
+            commit = (prov or {}).get("commit") or (runs[-1].get("git_commit") if runs else None)
+            note = (f"This page is `{nb_path.name}` as executed by `longctx run` in run `{run.name}` "
+                    f"(profile `{_profile(run)}`, commit `{_short(commit)}`, finished {entry.get('finished', '?')}, "
+                    f"{entry.get('wall_s', '?')} s): its outputs and figures are the reproduced ones.")
+            if site_commit and commit and not _same(commit, site_commit):
+                note += f" **Flagged: executed at an older commit than this page (`{_short(site_commit)}`).**"
+        else:
+            note = ("This page shows the notebook as written: no run folder holds an executed copy "
+                    "(`make run` makes one); its figures are the published copies in `figures/`.")
+        cells.insert(1, nbformat.v4.new_markdown_cell(f"```{{note}}\n{note}\n```" if engine != "quarto" else f"::: {{.callout-note}}\n{note}\n:::"))
+        rest = [f.name for f in figs_here if f.name not in shown]
+        if rest:
+            cells.append(nbformat.v4.new_markdown_cell("## All figures of this stage\n\n" + "\n\n".join(fig(n) for n in rest)))
+    nb.cells = cells
+    nb.nbformat_minor = max(nb.nbformat_minor, 5)
+    for i, c in enumerate(nb.cells): c["id"] = f"c{i}"
+    nbformat.write(nb, src / f"{stem}.ipynb")
+    return {"stem": stem, "notebook": str(nb_path), "executed": bool(entry), "figures": shown, "flagged": flagged}
+
+
+CONF = '''project = "longctx_nb"
+extensions = ["myst_nb"]
+html_theme = "furo"
+html_title = "longctx_nb"
+root_doc = "index"
+nb_execution_mode = "off"          # the notebooks were executed by `longctx run`
+nb_output_stderr = "remove"
+nb_merge_streams = True
+myst_heading_anchors = 3
+html_favicon = "favicon.svg"
+html_show_sourcelink = False
+html_copy_source = False
+exclude_patterns = ["_build", "figures/**/*.json"]
+suppress_warnings = ["myst.header", "myst.xref_missing", "mystnb.unknown_mime_type", "misc.highlighting_failure",
+                     "toc.not_included", "image.not_readable", "myst.strikethrough"]
+'''
+
+
+def build(out=None, run=None, engine="auto", quiet=True) -> dict:
+    "Build the site into `out` (default `_docs/`); returns a report of the pages."
+    out = Path(out or ROOT / "_docs")
+    run = Path(run) if run else find_run()
+    if engine == "auto": engine = "quarto" if shutil.which("quarto") else "sphinx"
+    work = ROOT / "_proc" if engine == "quarto" else Path(out).parent / (Path(out).name + ".src")
+    if work.exists(): shutil.rmtree(work)
+    src = work / "nbs" if engine == "quarto" else work
+    src.mkdir(parents=True)
+    site_commit = git_commit()
+    side = sidebar()
+    pages = [page(s, run, src, engine, site_commit) for _, stems in side for s in stems]
+    if engine == "quarto":
+        cfg = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+        cfg["project"]["output-dir"] = "_site"
+        (work / "_quarto.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        shutil.copyfile(ROOT / "README.md", work / "README.md")
+        subprocess.run(["quarto", "render", str(work)], check=True)
+        if out.exists(): shutil.rmtree(out)
+        shutil.move(str(work / "_site"), str(out))
+    else:
+        (src / "conf.py").write_text(CONF)
+        (src / "favicon.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+                                         '<rect width="16" height="16" rx="3" fill="#2a6fb0"/></svg>')
+        idx = nbformat.read(src / "index.ipynb", as_version=4)
+        for title, stems in side:
+            if title is None: continue
+            idx.cells.append(nbformat.v4.new_markdown_cell(
+                f"```{{toctree}}\n:caption: {title}\n:hidden:\n\n" + "\n".join(stems) + "\n```"))
+        nbformat.write(idx, src / "index.ipynb")
+        if out.exists(): shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-j", "1", "-q" if quiet else "-v", str(src), str(out)]
+        subprocess.run(cmd, check=True)
+        (out / ".nojekyll").touch()
+    report = {"engine": engine, "run": str(run) if run else None, "commit": site_commit, "pages": pages}
+    (out / "build.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", help="run folder for the stage pages (default: runs/gpu, runs/smol or runs/cpu)")
+    ap.add_argument("--out", help="output folder (default: _docs)")
+    ap.add_argument("--engine", default="auto", choices=["auto", "quarto", "sphinx"])
+    a = ap.parse_args(argv)
+    rep = build(a.out, a.run, a.engine)
+    n_exec = sum(p["executed"] for p in rep["pages"] if is_stage(p["stem"]))
+    n_stage = sum(is_stage(p["stem"]) for p in rep["pages"])
+    print(f"docs: {len(rep['pages'])} pages with {rep['engine']} into {a.out or '_docs'}; "
+          f"{n_exec}/{n_stage} stage pages from run {rep['run']}")
+    for p in rep["pages"]:
+        if p["flagged"]: print(f"  {p['stem']}: flagged figures {p['flagged']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
