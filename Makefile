@@ -32,7 +32,7 @@ docs-serve: docs
 
 # JupyterLab on the project's kernel (the .venv's python3, which imports this checkout's longctx_nb).
 lab: install
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=nbs
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The browser test drives Debian's chromium through playwright's Python package (no browser download).
 browser:
