@@ -137,8 +137,9 @@ def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str |
             c.outputs = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
         elif c.cell_type == "markdown":
             s = c.source
-            if "{{< include ../README.md >}}" in s:
-                s = s.replace("{{< include ../README.md >}}", (ROOT / "README.md").read_text())
+            if "{{< include ../README.md >}}" in s:  # the README, with its links to nbs/ made page links
+                s = s.replace("{{< include ../README.md >}}", re.sub(r"\]\(nbs/([^)]+\.ipynb)\)", r"](\1)",
+                                                                       (ROOT / "README.md").read_text()))
             if re.fullmatch(r"\s*---\s*\ntitle:.*\n---\s*", s) and engine != "quarto": continue  # front matter
             s = FIG_LINK.sub(lambda m: fig(m.group(3), m.group(1)) if m.group(2) == stem and m.group(3) in shas
                              else m.group(0).replace("](../figures/", "](figures/"), s)
