@@ -1,17 +1,21 @@
 # The README's two commands: `make run` (install + the cpu run of every stage) and `make test`
 # (install + the whole test suite). Both install into .venv; torch comes first, with a range
 # that the CPU wheel torch==2.13.0 satisfies, so pip never pulls a multi-GB CUDA build.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch>=2.4,<2.14
+# pip repeats a "Location '...' is ignored: it is neither a file nor a directory" warning for every package when
+# the machine's pip configuration names index folders that do not exist; only those lines are dropped.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; test $${PIPESTATUS[0]} -eq 0
 
 .PHONY: install run test docs-check docs docs-serve lab browser
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q '$(TORCH)' $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[dev]' $(QUIET_PIP)
 	touch $@
 
 run: install
