@@ -13,7 +13,7 @@ import yaml
 # %% auto 0
 __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'PROFILES_DIR', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
            'atomic_path', 'write_text', 'write_json', 'read_json', 'seed_everything', 'stable_hash', 'stable_uniform',
-           'file_sha256', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure',
+           'file_sha256', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure', 'plot_theme',
            'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
@@ -183,6 +183,13 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     with atomic_path(path, suffix=".png") as t:
         fig.savefig(t, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return Path(path)
+
+# %% ../nbs/00_core.ipynb
+def plot_theme(font_scale: float = 1.0):
+    "Set the suite's figure style (seaborn `whitegrid`, `notebook` context); plot functions call it before drawing."
+    import seaborn as sns
+    sns.set_theme(context="notebook", style="whitegrid", palette="tab10", font_scale=font_scale,
+                  rc={"axes.titlesize": 12, "figure.titlesize": 12, "legend.fontsize": 9, "legend.title_fontsize": 9})
 
 # %% ../nbs/00_core.ipynb
 def package_versions(names=("longctx_nb", "torch", "transformers", "tokenizers", "datasets", "numpy",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .core import DOMAINS, SLIMPAJAMA_MIX, SHORT, RunDir, save_figure, write_json, read_json
+from .core import DOMAINS, SLIMPAJAMA_MIX, SHORT, RunDir, save_figure, write_json, read_json, plot_theme
 from .corpus import ErrorLog, iter_docs, corpus_files
 from .tokenizer import token_counts, load_tokenizer
 
@@ -118,29 +118,29 @@ def _colors():
 def plot_domain_mix(stats, ax=None):
     "Bar chart: each domain's share of tokens in the corpus beside SlimPajama's."
     import matplotlib.pyplot as plt, numpy as np
-    ax = ax or plt.subplots(figsize=(7, 3.2))[1]; doms = [d for d in DOMAINS if d in stats]
+    plot_theme(); ax = ax or plt.subplots(figsize=(7, 3.4))[1]; doms = [d for d in DOMAINS if d in stats]
     total = sum(stats[d].tokens for d in doms) or 1; x = np.arange(len(doms))
     ax.bar(x - 0.2, [stats[d].tokens / total for d in doms], 0.4, label="this corpus")
     ax.bar(x + 0.2, [SLIMPAJAMA_MIX[d] for d in doms], 0.4, label="SlimPajama", alpha=0.6)
-    ax.set_xticks(x, [SHORT[d] for d in doms], rotation=20); ax.set_ylabel("share of tokens"); ax.legend()
-    ax.set_title("Domain mixture"); return ax.figure
+    ax.set_xticks(x, [SHORT[d] for d in doms], rotation=20); ax.set_ylabel("share of all tokens"); ax.set_xlabel("domain"); ax.legend()
+    ax.set_title("Domain mixture: this corpus against SlimPajama"); return ax.figure
 
 def plot_length_cdf(stats, thresholds=(4096, 32768, 131072), ax=None):
     "Token-weighted CDF of document length per domain (log x)."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(7, 3.8))[1]; col = _colors()
+    plot_theme(); ax = ax or plt.subplots(figsize=(6, 4))[1]; col = _colors()
     for d in [d for d in DOMAINS if d in stats]:
         s = stats[d]; bins = sorted(s.hist_tokens); c = 0; xs, ys = [], []
         for b in bins: c += s.hist_tokens[b]; xs.append(bin_upper(b)); ys.append(c / max(s.tokens, 1))
         ax.step(xs, ys, where="post", label=SHORT[d], color=col[d])
     for t in thresholds: ax.axvline(t, color="grey", ls=":", lw=1); ax.text(t, 0.02, f" {t // 1024}K", color="grey", fontsize=8)
-    ax.set_xscale("log"); ax.set_xlabel("document length (tokens)"); ax.set_ylabel("share of domain's tokens in docs ≤ x")
-    ax.legend(fontsize=8, ncol=2); ax.set_title("Where each domain's tokens sit, by document length"); return ax.figure
+    ax.set_xscale("log"); ax.set_xlabel("document length (tokens)"); ax.set_ylabel("share of tokens in docs ≤ x")
+    ax.legend(title="domain", loc="upper left", bbox_to_anchor=(1.01, 1)); ax.set_title("Where each domain's tokens sit, by document length"); return ax.figure
 
 def plot_length_bands(stats, thresholds=(4096, 32768, 131072), ax=None):
     "Stacked bars: each domain's tokens by length band."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(7, 3.4))[1]; doms = [d for d in DOMAINS if d in stats] + ["all"]
+    plot_theme(); ax = ax or plt.subplots(figsize=(7, 3.8))[1]; doms = [d for d in DOMAINS if d in stats] + ["all"]
     all_ = DomainStats()
     for s in stats.values(): all_.merge(s)
     st = {**stats, "all": all_}; edges = [0, *thresholds]
@@ -150,5 +150,6 @@ def plot_length_bands(stats, thresholds=(4096, 32768, 131072), ax=None):
         hi = lambda s, t: s.above.get(t, 0) / max(s.tokens, 1)
         vals = [(1 - hi(st[d], edges[1]) if i == 0 else hi(st[d], edges[i]) - (hi(st[d], edges[i + 1]) if i + 1 < len(edges) else 0)) for d in doms]
         ax.barh([SHORT.get(d, d) for d in doms], vals, left=left, label=lab); left = [a + b for a, b in zip(left, vals)]
-    ax.invert_yaxis(); ax.set_xlabel("share of the domain's tokens"); ax.legend(fontsize=8, ncol=len(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-    return ax.figure
+    ax.invert_yaxis(); ax.set_xlabel("share of the domain's tokens"); ax.set_ylabel("domain")
+    ax.legend(ncol=len(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0), title="document length (tokens)")
+    ax.set_title("Each domain's tokens by document length", pad=52); return ax.figure

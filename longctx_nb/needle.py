@@ -226,22 +226,25 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
 # %% ../nbs/07_needle.ipynb
 def plot_heatmap(df, score: str = "word_recall", train_len: int | None = None, title: str = "", vmax: float | None = None, ax=None):
     "Depth × length heatmap of `score` from a results frame (one variant)."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt, seaborn as sns
     from matplotlib.colors import LinearSegmentedColormap
+    from longctx_nb.core import plot_theme
+    plot_theme(font_scale=0.9)
     cmap = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
     piv = df.pivot_table(index="depth", columns="length", values=score, aggfunc="mean").sort_index()
-    if ax is None: _, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 2.5, 0.45 * piv.shape[0] + 1.6))
+    if ax is None: _, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 2.5, 0.45 * piv.shape[0] + 1.8))
     lo, hi = (1, 10) if score == "judge" else (0, vmax or 1)
-    im = ax.imshow(piv.values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
-    ax.set_xticks(range(piv.shape[1]), [f"{c // 1000}K" if c >= 1000 and c % 1000 == 0 else str(c) for c in piv.columns], rotation=45)
-    ax.set_yticks(range(piv.shape[0]), [f"{d:g}" for d in piv.index])
-    ax.set_xlabel("context length (tokens)"); ax.set_ylabel("depth percent")
-    if train_len:
+    sns.heatmap(piv.values, cmap=cmap, vmin=lo, vmax=hi, ax=ax, linewidths=0.5, linecolor="white",
+                cbar_kws={"fraction": 0.05, "label": score})
+    ax.set_xticks(np.arange(piv.shape[1]) + 0.5, [f"{c // 1000}K" if c >= 1000 and c % 1000 == 0 else str(c) for c in piv.columns], rotation=45)
+    ax.set_yticks(np.arange(piv.shape[0]) + 0.5, [f"{d:g}" for d in piv.index], rotation=0)
+    ax.set_xlabel("context length (tokens)"); ax.set_ylabel("needle depth (% of context)")
+    if train_len:  # cell i spans [i, i+1]: the line sits after the training length's column, or between columns
         cols = list(piv.columns); x = float(np.interp(train_len, cols, range(len(cols)))) if len(cols) > 1 else 0
         if train_len > cols[-1]: x = len(cols) - 0.5
-        ax.axvline(x + 0.5 if train_len in cols else x, color="white", ls="--", lw=1.5)
-        ax.text((x + 0.5 if train_len in cols else x) + 0.05, piv.shape[0] - 0.6, f"train {train_len}", color="white", fontsize=7)
-    ax.figure.colorbar(im, ax=ax, fraction=0.05, label=score)
+        xl = (x + 1 if train_len in cols else x + 0.5)
+        ax.axvline(xl, color="white", ls="--", lw=1.5)
+        ax.text(xl + 0.05, piv.shape[0] - 0.2, f"train {train_len}", color="white", fontsize=7)
     ax.set_title(f"{title} — average {score} {np.nanmean(piv.values):.3f}", fontsize=9)
     return ax.figure
 
@@ -252,6 +255,6 @@ def plot_heatmaps(frames: dict, score: str = "word_recall", train_lens: dict | N
     fig, axes = plt.subplots(1, len(frames), figsize=(3.6 * len(frames) + 0.6, 3.2), squeeze=False)
     for ax, (name, df) in zip(axes[0], frames.items()):
         plot_heatmap(df, score, (train_lens or {}).get(name), title=name, ax=ax)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig

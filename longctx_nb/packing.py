@@ -115,15 +115,17 @@ def time_epoch(model, samples, plan, weighting=True, lr=1e-5) -> dict:
 # %% ../nbs/05_packing.ipynb
 def plot_efficiency(eff, lengths, max_len):
     "LongAlign-style comparison: the length distribution, the real-token fraction, and time per epoch."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(11, 3.2))
-    ax[0].hist(lengths, bins=40, color="grey"); ax[0].set_xlabel("sample length (tokens)"); ax[0].set_ylabel("samples")
+    import matplotlib.pyplot as plt, seaborn as sns
+    from longctx_nb.core import plot_theme
+    plot_theme(font_scale=0.9); fig, ax = plt.subplots(1, 3, figsize=(9.5, 3.4))
+    sns.histplot(x=list(lengths), bins=40, color="grey", ax=ax[0]); ax[0].set_xlabel("sample length (tokens)"); ax[0].set_ylabel("samples")
     ax[0].set_title(f"SFT lengths (max {max_len})")
     ax[1].bar(eff.index, eff.real_token_fraction); ax[1].set_ylim(0, 1.05); ax[1].set_title("real-token fraction")
+    ax[1].set_ylabel("real / computed tokens"); ax[1].set_xlabel("batching"); ax[2].set_xlabel("batching")
     for i, v in enumerate(eff.real_token_fraction): ax[1].text(i, v + 0.01, f"{v:.1%}", ha="center", fontsize=8)
-    ax[2].bar(eff.index, eff.epoch_s, color="tab:orange"); ax[2].set_title("time per epoch (s)")
+    ax[2].bar(eff.index, eff.epoch_s, color="tab:orange"); ax[2].set_title("time per epoch"); ax[2].set_ylabel("seconds")
     for i, v in enumerate(eff.epoch_s): ax[2].text(i, v, f"{v:.0f}s", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout(); return fig
+    fig.suptitle("Naive batching, sorted batching and packing on the same samples"); fig.tight_layout(); return fig
 
 # %% ../nbs/05_packing.ipynb
 def zero3_config(offload_optimizer: bool = False, offload_params: bool = False) -> dict:

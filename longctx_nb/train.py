@@ -294,9 +294,10 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
 def plot_training(logs: dict, ax=None, title="training loss", offsets: dict | None = None):
     "Loss against tokens for several runs (`{label: train_log}`), each shifted by `offsets[label]` tokens."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
+    from longctx_nb.core import plot_theme
+    plot_theme(); ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
     for label, log in logs.items():
         h = [x for x in log["history"] if "loss" in x]; o = (offsets or {}).get(label, 0)
         ax.plot([o + x["tokens"] for x in h], [x["loss"] for x in h], label=label)
-    ax.set_xlabel("training tokens"); ax.set_ylabel("loss"); ax.set_title(title); ax.legend(fontsize=8)
+    ax.set_xlabel("training tokens"); ax.set_ylabel("loss (nats per token)"); ax.set_title(title); ax.legend(fontsize=8)
     return ax.figure

@@ -219,14 +219,16 @@ class SequenceDataset:
 def plot_strategies(mix, threshold: int):
     "Stacked bars per strategy: domain share of the budget, split into short and long documents."
     import matplotlib.pyplot as plt
-    strats = list(dict.fromkeys(mix["strategy"])); doms = list(dict.fromkeys(mix["domain"]))
-    fig, axes = plt.subplots(1, len(strats), figsize=(3.2 * len(strats), 3.6), sharey=True, squeeze=False)
+    from longctx_nb.core import plot_theme
+    plot_theme(font_scale=0.9); strats = list(dict.fromkeys(mix["strategy"])); doms = list(dict.fromkeys(mix["domain"]))
+    fig, axes = plt.subplots(1, len(strats), figsize=(2.4 * len(strats) + 0.6, 3.8), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], strats):
         m = mix[mix.strategy == s].set_index("domain").loc[doms]
         long_ = m["share"] * m["long_share"]; short = m["share"] - long_
         ax.bar(doms, short, label=f"≤{threshold // 1024}K-token docs", color="#9ecae1")
         ax.bar(doms, long_, bottom=short, label=f">{threshold // 1024}K-token docs", color="#08519c")
         ax.scatter(doms, m["source_share"], marker="_", s=200, color="red", label="source share", zorder=3)
-        ax.set_title(s); ax.tick_params(axis="x", rotation=60); ax.grid(axis="y", alpha=0.3)
+        ax.set_title(s, fontsize=10); ax.tick_params(axis="x", rotation=60); ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("share of the token budget"); axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout(); return fig
+    fig.supxlabel("domain", fontsize=10)
+    fig.suptitle("Training data per strategy: each domain's share, from short and long documents"); fig.tight_layout(); return fig
