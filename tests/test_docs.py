@@ -32,6 +32,25 @@ def test_sidebar_follows_quarto_yml():
     assert {p.stem for p in (ROOT / "nbs").glob("*.ipynb")} == set(stems), "every notebook has a page"
 
 
+def test_quarto_flow_is_chosen_when_quarto_is_installed(tmp_path, monkeypatch):
+    "With a `quarto` on PATH the build stages nbdev's _proc/ (same _quarto.yml sidebar) and renders it with Quarto."
+    bin_ = tmp_path / "bin"; bin_.mkdir()
+    (bin_ / "quarto").write_text('#!/bin/sh\n[ "$1" = render ] && mkdir -p "$2/_site" && ls "$2/nbs" > "$2/_site/index.html"\n')
+    (bin_ / "quarto").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    run = tmp_path / "empty-run"; run.mkdir()
+    rep = docs.build(tmp_path / "_docs", run=run)
+    assert rep["engine"] == "quarto" and (tmp_path / "_docs" / "index.html").exists()
+    proc = tmp_path / "_proc"
+    import yaml
+    cfg, ours = yaml.safe_load((proc / "_quarto.yml").read_text()), yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    assert cfg["website"]["sidebar"] == ours["website"]["sidebar"] and cfg["project"]["output-dir"] == "_site"
+    listed = (tmp_path / "_docs" / "index.html").read_text().split()
+    assert {f"{s}.ipynb" for _, ss in docs.sidebar() for s in ss} <= set(listed)
+    assert (proc / "nbs" / "figures" / "01_mixture").is_dir()          # no run: the published figures
+    shutil.rmtree(proc)
+
+
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
 

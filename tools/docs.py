@@ -191,7 +191,7 @@ def build(out=None, run=None, engine="auto", quiet=True) -> dict:
     out = Path(out or ROOT / "_docs")
     run = Path(run) if run else find_run()
     if engine == "auto": engine = "quarto" if shutil.which("quarto") else "sphinx"
-    work = ROOT / "_proc" if engine == "quarto" else Path(out).parent / (Path(out).name + ".src")
+    work = out.parent / "_proc" if engine == "quarto" else out.parent / (out.name + ".src")  # _proc: as nbdev_docs
     if work.exists(): shutil.rmtree(work)
     src = work / "nbs" if engine == "quarto" else work
     src.mkdir(parents=True)
