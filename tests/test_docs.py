@@ -20,7 +20,10 @@ def test_figure_caption_flags_older_commits():
     cap, flag = docs.figure_caption("f.png", prov, "s1", "a" * 40 + "+dirty")
     assert not flag and "profile `cpu`" in cap and "commit `aaaaaaa`" in cap and "2026-01-02 03:04" in cap
     cap, flag = docs.figure_caption("f.png", prov, "s1", "b" * 40)
-    assert flag and "older commit" in cap
+    assert flag and "another commit" in cap                                   # not an ancestor of the site's commit
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]
+    cap, flag = docs.figure_caption("f.png", {**prov, "commit": first}, "s1", docs.git_commit())
+    assert flag and "an older commit" in cap
     assert docs.figure_caption("f.png", prov, "s2", "a" * 40)[1]            # the file changed since the run
     assert docs.figure_caption("g.png", prov, "s1", "a" * 40)[1]            # no provenance for it
 
@@ -47,7 +50,7 @@ def test_quarto_flow_is_chosen_when_quarto_is_installed(tmp_path, monkeypatch):
     assert cfg["website"]["sidebar"] == ours["website"]["sidebar"] and cfg["project"]["output-dir"] == "_site"
     listed = (tmp_path / "_docs" / "index.html").read_text().split()
     assert {f"{s}.ipynb" for _, ss in docs.sidebar() for s in ss} <= set(listed)
-    assert (proc / "nbs" / "figures" / "01_mixture").is_dir()          # no run: the published figures
+    assert (proc / "nbs" / "published" / "01_mixture" / "domain_mix.png").exists()   # no run: the published figures
     shutil.rmtree(proc)
 
 

@@ -63,18 +63,31 @@ def _short(c) -> str: return (c or "unknown")[:7] + ("+dirty" if c and c.endswit
 def _same(a, b) -> bool: return bool(a and b) and a.split("+")[0] == b.split("+")[0]
 
 
+def _stale(commit, site_commit) -> str:
+    "Why a figure drawn at `commit` is flagged on a site built at `site_commit` ('' when it is not)."
+    if not site_commit or _same(commit, site_commit): return ""
+    older = False
+    if commit:
+        try: older = subprocess.run(["git", "merge-base", "--is-ancestor", commit.split("+")[0], site_commit.split("+")[0]],
+                                    cwd=ROOT, capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.SubprocessError): pass
+    return (f" **Flagged: drawn at {'an older commit' if older else 'another commit'} than this page "
+            f"(`{_short(site_commit)}`).**")
+
+
 def figure_caption(name: str, prov: dict | None, sha: str | None, site_commit: str | None) -> tuple[str, bool]:
-    "Caption text for figure `name` from its provenance sidecar, and whether it is flagged (stale or unknown)."
-    if not prov or name not in prov.get("figures", {}):
-        return f"{name}: provenance unknown (no provenance.json entry).", True
+    """Caption for figure `name` from its provenance (the `provenance.json` sidecar, or what the run manifest says),
+    and whether it is flagged: drawn at another commit than the site's, changed since the run, or of unknown origin."""
+    if not prov or (prov.get("figures") is not None and name not in prov["figures"]):
+        return f"{name}: provenance unknown (no provenance.json entry). **Flagged.**", True
     when = str(prov.get("date", ""))[:16].replace("T", " ")
     cap = (f"{name}: reproduced by profile `{prov.get('profile')}`, run `{prov.get('run')}`, "
            f"commit `{_short(prov.get('commit'))}`, {when} UTC.")
     flagged = False
-    if sha and prov["figures"][name] != sha:
+    if prov.get("figures") is None: cap += " (From the run manifest: the run wrote no provenance.json.)"
+    elif sha and prov["figures"][name] != sha:
         cap += " **Flagged: the file changed after the run recorded it.**"; flagged = True
-    if site_commit and not _same(prov.get("commit"), site_commit):
-        cap += f" **Flagged: drawn at an older commit than this page (`{_short(site_commit)}`).**"; flagged = True
+    if (why := _stale(prov.get("commit"), site_commit)): cap += why; flagged = True
     return cap, flagged
 
 
@@ -86,6 +99,10 @@ def _sha(p: Path) -> str:
 def _figure_md(rel: str, caption: str, engine: str) -> str:
     if engine == "quarto": return f"![{caption}]({rel})"
     return f"```{{figure}} {rel}\n:alt: {rel.rsplit('/', 1)[-1]}\n\n{caption}\n```"
+
+
+def _note(text: str, engine: str) -> str:
+    return f"::: {{.callout-note}}\n{text}\n:::" if engine == "quarto" else f"```{{note}}\n{text}\n```"
 
 
 def _clean_code(src: str) -> str | None:
@@ -100,33 +117,57 @@ def stage_source(stem: str, run: Path | None) -> tuple[Path, dict | None]:
     "The notebook a stage page is made from (executed in `run` when it completed there) and its manifest entry."
     if run is not None:
         try: entry = json.loads((run / "manifest.json").read_text())["stages"].get(stem)
-        except (OSError, ValueError, KeyError): entry = None
+        except (OSError, ValueError, KeyError, AttributeError): entry = None
         nb = run / stem / f"{stem}.ipynb"
         if entry and entry.get("status") == "completed" and nb.exists(): return nb, entry
     return ROOT / "nbs" / f"{stem}.ipynb", None
+
+
+def stage_provenance(run: Path, stem: str, entry: dict) -> dict:
+    "Where a stage's execution comes from: the figures' sidecar, else the run manifest (the run that executed it)."
+    pj = run / stem / "figures" / "provenance.json"
+    if pj.exists(): return json.loads(pj.read_text())
+    runs = json.loads((run / "manifest.json").read_text()).get("runs", [])
+    started = entry.get("started", "")
+    this = next((r for r in reversed(runs) if r.get("started", "") <= started), runs[-1] if runs else {})
+    return {"profile": Path(this.get("profile", "?")).stem, "run": run.name, "commit": this.get("git_commit"),
+            "date": entry.get("finished"), "figures": None}
 
 
 def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str | None) -> dict:
     "Write the processed notebook for one page into `src`; return what the page shows (for the report)."
     nb_path, entry = stage_source(stem, run) if is_stage(stem) else (ROOT / "nbs" / f"{stem}.ipynb", None)
     nb = nbformat.read(nb_path, as_version=4)
-    figs_here, prov, shown = [], None, []
-    if is_stage(stem):
-        fdir = (run / stem / "figures") if entry else (ROOT / "figures" / stem)
-        if fdir.is_dir():
-            out = src / "figures" / stem; out.mkdir(parents=True, exist_ok=True)
-            for f in sorted(fdir.glob("*.png")): shutil.copyfile(f, out / f.name); figs_here.append(f)
-            pj = fdir / "provenance.json"
-            prov = json.loads(pj.read_text()) if pj.exists() else None
-    shas = {f.name: _sha(f) for f in figs_here}
-    flagged = []
+    run_figs, pub_figs, shown, flagged = {}, {}, [], []
+    prov = stage_provenance(run, stem, entry) if entry else None
+    pub_dir = ROOT / "figures" / stem
+    pub_prov = json.loads((pub_dir / "provenance.json").read_text()) if (pub_dir / "provenance.json").exists() else None
+    if entry and (run / stem / "figures").is_dir(): run_figs = {f.name: f for f in sorted((run / stem / "figures").glob("*.png"))}
+    if is_stage(stem) and pub_dir.is_dir(): pub_figs = {f.name: f for f in sorted(pub_dir.glob("*.png"))}
 
     def fig(name, alt=""):
-        cap, flag = figure_caption(name, prov, shas.get(name), site_commit)
+        "A captioned figure: the run's copy, else the published copy in figures/ (flagged as not from this run)."
+        if name in run_figs: f, pv, where = run_figs[name], prov, "figures"
+        elif name in pub_figs: f, pv, where = pub_figs[name], pub_prov, "published"
+        else: return None
+        out = src / where / stem; out.mkdir(parents=True, exist_ok=True); shutil.copyfile(f, out / name)
+        cap, flag = figure_caption(name, pv, _sha(f), site_commit)
+        if where == "published" and entry:
+            cap += " **Flagged: the published copy in figures/, not drawn by this run.**"; flag = True
         if flag: flagged.append(name)
         shown.append(name)
-        return _figure_md(f"figures/{stem}/{name}", (alt + ". " if alt else "") + cap, engine)
+        return _figure_md(f"{where}/{stem}/{name}", (alt + ". " if alt else "") + cap, engine)
 
+    def link(m):
+        if m.group(2) != stem: return m.group(0)
+        md = fig(m.group(3), m.group(1))
+        return md if md is not None else f"*({m.group(3)}: not drawn by this run and not published.)*"
+
+    inline = None
+    if prov:
+        inline = (f"*Drawn by the cell above in run `{prov.get('run')}` (profile `{prov.get('profile')}`, commit "
+                  f"`{_short(prov.get('commit'))}`, {str(prov.get('date', ''))[:16].replace('T', ' ')} UTC).*")
+        inline += _stale(prov.get("commit"), site_commit)
     cells = []
     for c in nb.cells:
         c.metadata.pop("papermill", None); c.metadata.pop("execution", None)
@@ -135,30 +176,29 @@ def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str |
             if body is None: continue
             c.source = body
             c.outputs = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-        elif c.cell_type == "markdown":
+            cells.append(c)
+            if inline and any("image/png" in o.get("data", {}) for o in c.outputs):
+                cells.append(nbformat.v4.new_markdown_cell(inline))  # the cell's inline figures carry provenance too
+            continue
+        if c.cell_type == "markdown":
             s = c.source
             if "{{< include ../README.md >}}" in s:  # the README, with its links to nbs/ made page links
                 s = s.replace("{{< include ../README.md >}}", re.sub(r"\]\(nbs/([^)]+\.ipynb)\)", r"](\1)",
                                                                        (ROOT / "README.md").read_text()))
             if re.fullmatch(r"\s*---\s*\ntitle:.*\n---\s*", s) and engine != "quarto": continue  # front matter
-            s = FIG_LINK.sub(lambda m: fig(m.group(3), m.group(1)) if m.group(2) == stem and m.group(3) in shas
-                             else m.group(0).replace("](../figures/", "](figures/"), s)
-            c.source = s
+            c.source = FIG_LINK.sub(link, s)
         cells.append(c)
     if is_stage(stem):
         if entry:
-            runs = json.loads((run / "manifest.json").read_text()).get("runs", [])
-            commit = (prov or {}).get("commit") or (runs[-1].get("git_commit") if runs else None)
             note = (f"This page is `{nb_path.name}` as executed by `longctx run` in run `{run.name}` "
-                    f"(profile `{_profile(run)}`, commit `{_short(commit)}`, finished {entry.get('finished', '?')}, "
-                    f"{entry.get('wall_s', '?')} s): its outputs and figures are the reproduced ones.")
-            if site_commit and commit and not _same(commit, site_commit):
-                note += f" **Flagged: executed at an older commit than this page (`{_short(site_commit)}`).**"
+                    f"(profile `{prov.get('profile')}`, commit `{_short(prov.get('commit'))}`, finished "
+                    f"{entry.get('finished', '?')}, {entry.get('wall_s', '?')} s): its outputs and figures are the reproduced ones.")
+            note += _stale(prov.get("commit"), site_commit).replace("drawn at", "executed at")
         else:
             note = ("This page shows the notebook as written: no run folder holds an executed copy "
                     "(`make run` makes one); its figures are the published copies in `figures/`.")
-        cells.insert(1, nbformat.v4.new_markdown_cell(f"```{{note}}\n{note}\n```" if engine != "quarto" else f"::: {{.callout-note}}\n{note}\n:::"))
-        rest = [f.name for f in figs_here if f.name not in shown]
+        cells.insert(1, nbformat.v4.new_markdown_cell(_note(note, engine)))
+        rest = [n for n in (run_figs or pub_figs) if n not in shown]
         if rest:
             cells.append(nbformat.v4.new_markdown_cell("## All figures of this stage\n\n" + "\n\n".join(fig(n) for n in rest)))
     nb.cells = cells
@@ -182,7 +222,7 @@ html_show_sourcelink = False
 html_copy_source = False
 exclude_patterns = ["_build", "figures/**/*.json"]
 suppress_warnings = ["myst.header", "myst.xref_missing", "mystnb.unknown_mime_type", "misc.highlighting_failure",
-                     "toc.not_included", "image.not_readable", "myst.strikethrough"]
+                     "toc.not_included", "myst.strikethrough"]
 '''
 
 
