@@ -228,7 +228,8 @@ def plot_strategies(mix, threshold: int):
         ax.bar(doms, short, label=f"≤{threshold // 1024}K-token docs", color="#9ecae1")
         ax.bar(doms, long_, bottom=short, label=f">{threshold // 1024}K-token docs", color="#08519c")
         ax.scatter(doms, m["source_share"], marker="_", s=200, color="red", label="source share", zorder=3)
-        ax.set_title(s, fontsize=10); ax.tick_params(axis="x", rotation=60); ax.grid(axis="y", alpha=0.3)
+        ax.set_title(s, fontsize=10); ax.grid(axis="x", visible=False)
+        plt.setp(ax.get_xticklabels(), rotation=50, ha="right", rotation_mode="anchor")
     axes[0][0].set_ylabel("share of the token budget"); axes[0][0].legend(fontsize=7, loc="upper right")
     fig.supxlabel("domain", fontsize=10)
     fig.suptitle("Training data per strategy: each domain's share, from short and long documents"); fig.tight_layout(); return fig
