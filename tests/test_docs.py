@@ -2,7 +2,7 @@
 
 The site is built from the session's cpu run (`cpu_run`); `LONGCTX_DOCS_RUN=runs/x` builds it from another run
 folder instead (for a quick look while developing: `longctx run --stages 01,02 --run-dir runs/x`)."""
-import functools, json, os, shutil, subprocess, sys, threading, urllib.error, urllib.request
+import functools, importlib.util, json, os, shutil, subprocess, sys, threading, urllib.error, urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urldefrag
@@ -10,8 +10,8 @@ from urllib.parse import urldefrag
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import docs  # noqa: E402
+_spec = importlib.util.spec_from_file_location("longctx_docs", ROOT / "tools" / "docs.py")
+docs = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(docs)  # tools/docs.py, the site builder
 
 
 def test_figure_caption_flags_older_commits():
