@@ -83,6 +83,8 @@ def test_docs_site_in_browser(built_site, tmp_path):
     assert (out / "index.html").exists() and all((out / f"{s}.html").exists() for s in stems)
     executed = [p["stem"] for p in rep["pages"] if p["executed"]]
     assert executed, "no stage page comes from the run"
+    if not os.environ.get("LONGCTX_DOCS_RUN"):  # the session's cpu run: every stage ran, at this commit
+        assert executed == stages and not [p for p in rep["pages"] if p["flagged"]], rep["pages"]
     shots = tmp_path / "screenshots"; shots.mkdir()
     errors, links, anchors = [], set(), {}
     with sync_playwright() as p:
@@ -106,9 +108,9 @@ def test_docs_site_in_browser(built_site, tmp_path):
                 });}))""")
             bad = [i for i in imgs if not (i["w"] > 0 and i["h"] > 0 and i["shown"])]
             assert not bad, f"{stem}: images not visible: {bad}"
-            if stem in executed:
+            if stem in stages:  # every stage page shows a figure whose file exists (the run's, when it ran the stage)
                 figs = [i for i in imgs if "_images/" in (i["src"] or "")]
-                assert figs, f"{stem}: no figure on an executed stage page"
+                assert figs, f"{stem}: no figure on the stage page"
                 assert all((out / i["src"]).exists() for i in figs)
             if stem == "index":
                 side = set(page.eval_on_selector_all(".sidebar-tree a", "els => els.map(e => e.getAttribute('href'))"))
