@@ -41,4 +41,4 @@ lab: install
 # The browser test drives Debian's chromium through playwright's Python package (no browser download).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "chromium could not be installed: the browser test will be skipped"
+	  || echo "chromium could not be installed: tests/test_docs.py will fail"
