@@ -195,8 +195,9 @@ def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str |
                     f"{entry.get('finished', '?')}, {entry.get('wall_s', '?')} s): its outputs and figures are the reproduced ones.")
             note += _stale(prov.get("commit"), site_commit).replace("drawn at", "executed at")
         else:
-            note = ("This page shows the notebook as written: no run folder holds an executed copy "
-                    "(`make run` makes one); its figures are the published copies in `figures/`.")
+            note = ("This page shows the notebook as written: " + (f"run `{run.name}` has not completed this stage"
+                    if run else "there is no run folder") + " (`make run` runs every stage); its figures are the published "
+                    "copies in `figures/`.")
         cells.insert(1, nbformat.v4.new_markdown_cell(_note(note, engine)))
         rest = [n for n in (run_figs or pub_figs) if n not in shown]
         if rest:
