@@ -221,8 +221,10 @@ def plot_strategies(mix, threshold: int):
     import matplotlib.pyplot as plt
     from longctx_nb.core import plot_theme
     plot_theme(font_scale=0.9); strats = list(dict.fromkeys(mix["strategy"])); doms = list(dict.fromkeys(mix["domain"]))
-    fig, axes = plt.subplots(1, len(strats), figsize=(2.4 * len(strats) + 0.6, 3.8), sharey=True, squeeze=False)
-    for ax, s in zip(axes[0], strats):
+    rows = 2 if len(strats) > 2 else 1; cols = math.ceil(len(strats) / rows)  # 2 × 2 fits the docs' column
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.4, 3.2 * rows + 0.6), sharey=True, sharex=True, squeeze=False)
+    for ax in axes.flat[len(strats):]: ax.set_visible(False)
+    for ax, s in zip(axes.flat, strats):
         m = mix[mix.strategy == s].set_index("domain").loc[doms]
         long_ = m["share"] * m["long_share"]; short = m["share"] - long_
         ax.bar(doms, short, label=f"≤{threshold // 1024}K-token docs", color="#9ecae1")
@@ -230,6 +232,7 @@ def plot_strategies(mix, threshold: int):
         ax.scatter(doms, m["source_share"], marker="_", s=200, color="red", label="source share", zorder=3)
         ax.set_title(s, fontsize=10); ax.grid(axis="x", visible=False)
         plt.setp(ax.get_xticklabels(), rotation=50, ha="right", rotation_mode="anchor")
-    axes[0][0].set_ylabel("share of the token budget"); axes[0][0].legend(fontsize=7, loc="upper right")
+    for r in range(rows): axes[r][0].set_ylabel("share of the token budget")
+    axes[0][0].legend(fontsize=8, loc="upper right")
     fig.supxlabel("domain", fontsize=10)
     fig.suptitle("Training data per strategy: each domain's share, from short and long documents"); fig.tight_layout(); return fig
