@@ -94,11 +94,11 @@ def plot_position_loss(curves: dict, trained_len: int, buckets: int = 32, ax=Non
     "Loss against token position (bucketed means), one line per model, a line at the base's trained length."
     import matplotlib.pyplot as plt
     from longctx_nb.core import plot_theme
-    plot_theme(); ax = ax or plt.subplots(figsize=(6.5, 3.6))[1]
+    plot_theme(); ax = ax or plt.subplots(figsize=(5.6, 3.6))[1]
     for name, c in curves.items():
         edges = np.linspace(0, len(c), buckets + 1).astype(int)
         ax.plot([(a + b) / 2 for a, b in zip(edges, edges[1:])], [c[a:b].mean() for a, b in zip(edges, edges[1:])], label=name)
     ax.axvline(trained_len, color="grey", ls=":", lw=1); ax.text(trained_len, ax.get_ylim()[1], " base context", va="top", fontsize=8, color="grey")
-    ax.set_xlabel("token position"); ax.set_ylabel("mean loss (nats per token)"); ax.legend(fontsize=8, title="model")
+    ax.set_xlabel("token position"); ax.set_ylabel("mean loss (nats per token)"); ax.legend(fontsize=8, title="model", loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Validation loss against position")
     return ax.figure
