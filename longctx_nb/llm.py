@@ -262,8 +262,9 @@ def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 
     tok = spec.get("tokenizer") or tokenizer
     if not tok and m.provenance["source"] in ("run", "local") and not Path(m.path, "tokenizer.json").exists():
         tok = read_json(run_root / "data.json", {}).get("tokenizer")
-    gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size), max_new_tokens=max_new_tokens,
-                      rope=spec.get("rope"), reuse_prefix=spec.get("reuse_prefix", False))
+    gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size),
+                      max_new_tokens=spec.get("max_new_tokens", max_new_tokens), rope=spec.get("rope"),
+                      reuse_prefix=spec.get("reuse_prefix", False))
     gen.provenance = {**m.provenance, **({"rope": spec["rope"]} if spec.get("rope") else {})}
     return gen
 

@@ -73,7 +73,7 @@ def test_prefix_reuse_gives_the_same_answers_and_logits(smol_dir):
         reused, *_ = gen.prefill_reusing(x)
         full, *_ = gen.prefill_batch([x])
         assert (reused - full).abs().max().item() < 1e-4
-    assert gen.stats["reused_tokens"] > 0.3 * sum(map(len, ids))
+    assert gen.stats["reused_tokens"] > 0.2 * sum(map(len, ids))  # the 50% and 20% prompts reuse what precedes their needle
     plain = HFGenerator(smol_dir, batch_size=1, max_new_tokens=12)
     prompts = [gen.tok.decode(x) for x in ids]
     gen._anchor = None
