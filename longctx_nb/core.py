@@ -11,9 +11,10 @@ from typing import Any, Iterator
 import yaml
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'PROFILES_DIR', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
-           'atomic_path', 'write_text', 'write_json', 'read_json', 'seed_everything', 'stable_hash', 'stable_uniform',
-           'file_sha256', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure',
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
+           'atomic_path', 'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords',
+           'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256', 'file_key',
+           'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure',
            'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
@@ -56,9 +57,16 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     os.close(fd); tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists(): os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs follow the user's umask
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def _umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0o022); os.umask(m); return m
+
+UMASK = _umask()
 
 def write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."
@@ -74,6 +82,82 @@ def read_json(path, default=None):
     path = Path(path)
     if not path.exists(): return default
     return json.loads(path.read_text(encoding="utf-8"))
+
+# %% ../nbs/00_core.ipynb
+@contextlib.contextmanager
+def replacing_dir(dest) -> Iterator[Path]:
+    "Yield an empty folder beside `dest` to build in; swap it onto `dest` only if the block succeeds."
+    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".new", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)
+    try:
+        yield tmp
+        swap_dir(tmp, dest)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
+
+def swap_dir(new, dest) -> Path:
+    "Put the finished folder `new` at `dest`, then remove what was there (never the other way round)."
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists(): os.replace(dest, old)
+    os.replace(new, dest)
+    if old.exists(): shutil.rmtree(old)
+    return dest
+
+class JsonlRecords(list):
+    "Records read from a JSONL file; `unreadable` counts bad lines, `torn` is a partial last line (bytes) if any."
+    unreadable: int = 0
+    first_bad: int | None = None
+    torn: bytes = b""
+
+def read_jsonl(path, strict: bool = False) -> JsonlRecords:
+    "Records of a JSONL file (none if missing); `strict` raises when lines other than a torn last one are unreadable."
+    path = Path(path); out = JsonlRecords()
+    if not path.exists(): return out
+    raw = path.read_bytes(); lines = raw.split(b"\n")
+    last = lines.pop()  # b"" when the file ends with a newline
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out.unreadable += 1; out.first_bad = out.first_bad or i
+    if last.strip():
+        try: out.append(json.loads(last))
+        except (json.JSONDecodeError, UnicodeDecodeError): out.torn = last
+    if strict and out.unreadable:
+        raise ValueError(f"{path}: {out.unreadable} unreadable line(s), the first at line {out.first_bad}; "
+                         "repair or remove them (results are not complete)")
+    return out
+
+def _repair_tail(f, path: Path) -> None:
+    "Before appending: end a complete last record with a newline, or move a torn one to `<name>.torn`."
+    size = f.seek(0, os.SEEK_END)
+    if size == 0: return
+    f.seek(size - 1)
+    if f.read(1) == b"\n": return
+    pos = size
+    while pos > 0:  # find the start of the last line
+        step = min(pos, 1 << 16); f.seek(pos - step); block = f.read(step)
+        k = block.rfind(b"\n")
+        if k >= 0: pos = pos - step + k + 1; break
+        pos -= step
+    f.seek(pos); tail = f.read()
+    try: json.loads(tail); f.write(b"\n"); return
+    except (json.JSONDecodeError, UnicodeDecodeError): pass
+    torn = path.with_name(path.name + ".torn")
+    with open(torn, "ab") as t: t.write(tail + b"\n")
+    f.truncate(pos)
+    print(f"{path}: a torn last line ({len(tail)} bytes) was moved to {torn.name} before appending", file=sys.stderr)
+
+def append_jsonl(path, records) -> Path:
+    "Append `records` as JSON lines to `path`, first repairing a torn last line; flushed to disk before returning."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "a+b") as f:
+        _repair_tail(f, path)
+        f.write(data); f.flush(); os.fsync(f.fileno())
+    return path
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int) -> None:
@@ -101,6 +185,27 @@ def file_sha256(path) -> str:
     with open(path, "rb") as f:
         for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
     return h.hexdigest()
+
+def file_key(path, full_below: int = 16 << 20) -> str:
+    "Identity of a file's content: its SHA-256 up to `full_below` bytes, else size, mtime and a hash of 3 sampled MB."
+    p = Path(path); st = p.stat()
+    if st.st_size <= full_below: return file_sha256(p)
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(p, "rb") as f:
+        for off in (0, st.st_size // 2, st.st_size - (1 << 20)): f.seek(off); h.update(f.read(1 << 20))
+    return "sampled:" + h.hexdigest()
+
+def path_key(path) -> str:
+    "Identity of a file's or a folder's content (names relative to the folder, so the same data anywhere agrees)."
+    p = Path(path).expanduser()
+    if p.is_file(): return file_key(p)
+    files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+    return stable_key([(q.relative_to(p).as_posix(), file_key(q)) for q in files])
+
+def stable_key(*parts) -> str:
+    "A short hex key of JSON-able `parts` (dict keys sorted), the same on every machine."
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb
 PROFILES_DIR = package_dir() / "profiles"

@@ -13,11 +13,12 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .core import (DOMAINS, SLIMPAJAMA_MIX, SHORT, domain_name, stable_uniform, atomic_path, write_json,
-                             read_json, file_sha256, stable_hash)
+                             read_json, file_sha256, stable_hash, replacing_dir, file_key, stable_key)
 
 # %% auto 0
 __all__ = ['CORPUS_SUFFIXES', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog', 'record_to_doc', 'iter_jsonl',
-           'iter_parquet', 'iter_hf', 'corpus_files', 'iter_docs', 'doc_record', 'write_shards', 'build_sample_corpus']
+           'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs', 'doc_record', 'write_shards',
+           'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -60,28 +61,67 @@ def record_to_doc(rec, where: str, on_error="raise", log: ErrorLog | None = None
     return Doc(text, dom, meta, where)
 
 # %% ../nbs/00b_corpus.ipynb
-def _open_lines(path: Path) -> Iterator[bytes]:
+class _Truncated(Exception):
+    "A compressed file ended mid-stream; `args[0]` is the bytes of the partial last record that were read."
+
+def _zst_blocks(f) -> Iterator[bytes]:
+    "Decompressed blocks of a (multi-frame) zstd stream; `EOFError` when it ends inside a frame."
+    import zstandard
+    dctx = zstandard.ZstdDecompressor(); d, fed = dctx.decompressobj(), False
+    for block in iter(lambda: f.read(1 << 20), b""):
+        while block:
+            out = d.decompress(block); fed = True
+            if out: yield out
+            block = b""
+            if d.eof: block, d, fed = d.unused_data, dctx.decompressobj(), False
+    if fed and not d.eof: raise EOFError("zstd stream ended inside a frame")
+
+def _split_lines(blocks) -> Iterator[bytes]:
+    rest = []
+    for b in blocks:
+        parts = b.split(b"\n")
+        if len(parts) == 1: rest.append(b); continue
+        yield b"".join(rest) + parts[0] + b"\n"
+        yield from (p + b"\n" for p in parts[1:-1])
+        rest = [parts[-1]] if parts[-1] else []
+    if rest: yield b"".join(rest)
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
     if path.name.endswith(".zst"):
-        import zstandard
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
-            yield from io.BufferedReader(r, 1 << 20)
+        with open(path, "rb") as f: yield from _split_lines(_zst_blocks(f))
     elif path.suffix == ".gz":
         with gzip.open(path, "rb") as f: yield from f
     else:
         with open(path, "rb") as f: yield from f
 
+def _open_lines(path: Path) -> Iterator[bytes]:
+    "Lines of a plain or compressed file; `_Truncated` (holding back the partial record) when a compressed one ends early."
+    prev = None
+    try:
+        for line in _raw_lines(path):
+            if prev is not None: yield prev
+            prev = line
+    except EOFError:
+        if prev is not None and prev.endswith(b"\n"): yield prev; prev = None
+        raise _Truncated(len(prev or b"")) from None
+    if prev is not None: yield prev
+
 def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file."
-    path = Path(path); n = 0
-    for i, raw in enumerate(_open_lines(path), 1):
-        where = f"{path}:{i}"
-        if not raw.strip(): continue
-        n += 1
-        try: line = raw.decode("utf-8")
-        except UnicodeDecodeError as e: _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}"); continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError as e: _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})"); continue
-        if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
+    path = Path(path); n = i = 0
+    try:
+        for i, raw in enumerate(_open_lines(path), 1):
+            where = f"{path}:{i}"
+            if not raw.strip(): continue
+            n += 1
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError as e: _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}"); continue
+            try: rec = json.loads(line)
+            except json.JSONDecodeError as e: _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})"); continue
+            if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
+    except _Truncated as e:
+        _bad(on_error, log, "truncated", f"{path}:{i + 1}", f"the compressed file ends early: {i} line(s) read, the record "
+             f"at line {i + 1} ({e.args[0]} bytes read) and everything after it are lost"); return
     if n == 0: _bad(on_error, log, "empty-file", f"{path}:0", "file has no records")
 
 def iter_parquet(path, on_error="raise", log: ErrorLog | None = None, batch_size: int = 256) -> Iterator[Doc]:
@@ -119,6 +159,11 @@ def corpus_files(spec) -> list[Path]:
             if not hits: raise FileNotFoundError(f"no corpus files match {str(s)!r}")
             out += hits
     return sorted(set(out))
+
+def corpus_key(spec) -> str:
+    "Identity of a corpus' content (files by name and `file_key`); `hf:` datasets by name."
+    if isinstance(spec, str) and spec.startswith("hf:"): return stable_key(spec)
+    return stable_key([(p.name, file_key(p)) for p in corpus_files(spec)])
 
 def iter_docs(spec, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from files/folders/globs, or from `hf:<name>[:<split>]`."
@@ -206,19 +251,18 @@ def build_sample_corpus(out_dir, seed: int = 0, mixture="slimpajama", val_chars:
         train[d] = pool
     budgets = _mixture_budgets(train, mixture)
     train = {d: _take(docs, budgets[d], seed, "mix")[0] for d, docs in train.items()}
-    for split, parts in (("train", train), ("validation", val)):
-        if (out_dir / split).exists():
-            for p in (out_dir / split).glob("*.jsonl"): p.unlink()
-        for d in DOMAINS:
-            docs = sorted(parts.get(d, []), key=lambda x: stable_hash(seed, "order", x[0]))
-            src = lambda i: i.split(":", 1)
-            write_shards((doc_record(t, d, source=src(i)[0], id=src(i)[1]) for i, t in docs),
-                         out_dir / split, SHORT[d], shard_bytes)
     stats = {split: {d: {"docs": len(parts.get(d, [])), "chars": sum(len(t) for _, t in parts.get(d, [])),
                          "max_chars": max((len(t) for _, t in parts.get(d, [])), default=0)} for d in DOMAINS}
              for split, parts in (("train", train), ("validation", val))}
-    files = {p.relative_to(out_dir).as_posix(): file_sha256(p) for p in sorted(out_dir.glob("*/*.jsonl"))}
-    manifest = {"config": config, "sources": report, "stats": stats, "files": files,
-                "skipped_sources": [k for k, v in report.items() if v["status"] != "ok"]}
-    write_json(out_dir / "manifest.json", manifest)
+    with replacing_dir(out_dir) as tmp:  # the old corpus stays in place until the new one is complete
+        for split, parts in (("train", train), ("validation", val)):
+            for d in DOMAINS:
+                docs = sorted(parts.get(d, []), key=lambda x: stable_hash(seed, "order", x[0]))
+                src = lambda i: i.split(":", 1)
+                write_shards((doc_record(t, d, source=src(i)[0], id=src(i)[1]) for i, t in docs),
+                             tmp / split, SHORT[d], shard_bytes)
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.glob("*/*.jsonl"))}
+        manifest = {"config": config, "sources": report, "stats": stats, "files": files,
+                    "skipped_sources": [k for k, v in report.items() if v["status"] != "ok"]}
+        write_json(tmp / "manifest.json", manifest)
     return manifest

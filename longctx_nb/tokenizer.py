@@ -7,16 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .core import atomic_path, write_json, read_json
+from .core import atomic_path, write_json, read_json, replacing_dir
 
 # %% auto 0
-__all__ = ['SPECIALS', 'train_bpe', 'sample_texts', 'load_tokenizer', 'token_counts']
+__all__ = ['SPECIALS', 'SLICE_CHARS', 'train_bpe', 'sample_texts', 'load_tokenizer', 'text_slices', 'encode_pieces',
+           'token_counts']
 
 # %% ../nbs/00c_tokenizer.ipynb
 SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 
-def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequency: int = 2):
-    "Train a byte-level BPE on `texts`, save it to `out_dir` as a HF tokenizer folder, and return it."
+def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequency: int = 2, key: str | None = None):
+    "Train a byte-level BPE on `texts`, save it to `out_dir` as a HF tokenizer folder (with `key`), and return it."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
@@ -27,10 +28,9 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequen
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1 << 30, **SPECIALS)
-    out_dir = Path(out_dir); tmp = out_dir.with_name(out_dir.name + ".tmp")
-    fast.save_pretrained(tmp)
-    if out_dir.exists(): import shutil; shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with replacing_dir(out_dir) as tmp:  # the old tokenizer stays until the new one is saved
+        fast.save_pretrained(tmp)
+        if key is not None: write_json(tmp / "longctx_key.json", {"key": key})
     return fast
 
 def sample_texts(docs, max_chars: int, chunk: int = 4096):
@@ -51,9 +51,33 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(str(path))
 
 # %% ../nbs/00c_tokenizer.ipynb
-def token_counts(tok, texts: Sequence[str]) -> list[int]:
-    "Number of tokens in each text (no special tokens added)."
-    if not texts: return []
+SLICE_CHARS = 1 << 20  # long documents are encoded in pieces of about this many characters (bounded memory)
+
+def text_slices(text: str, size: int = SLICE_CHARS) -> list[str]:
+    "`text` in pieces of at most `size` characters, each cut before a space that starts a word (BPE counts unchanged)."
+    out, i, n = [], 0, len(text)
+    while n - i > size:
+        lo, j = i + size // 2, text.rfind(" ", i + size // 2, i + size)
+        while j > lo and text[j + 1].isspace(): j = text.rfind(" ", lo, j)
+        if j <= lo: j = i + size  # no word boundary in the window: cut anyway
+        out.append(text[i:j]); i = j
+    out.append(text[i:])
+    return out
+
+def encode_pieces(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS, batch_chars: int = 4 << 20):
+    "Yield `(text index, token ids)` piece by piece: long texts in slices, batches of at most `batch_chars` characters."
     rust = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None) or tok
     enc = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
-    return [len(e.ids) for e in enc(list(texts), add_special_tokens=False)]
+    batch, owner, size = [], [], 0
+    for k, t in enumerate(texts):
+        for p in text_slices(t, slice_chars):
+            batch.append(p); owner.append(k); size += len(p)
+            if size >= batch_chars:
+                yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False))); batch, owner, size = [], [], 0
+    if batch: yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False)))
+
+def token_counts(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS) -> list[int]:
+    "Number of tokens in each text (no special tokens added); long texts are counted slice by slice."
+    out = [0] * len(texts)
+    for k, ids in encode_pieces(tok, texts, slice_chars): out[k] += len(ids)
+    return out
