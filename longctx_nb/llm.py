@@ -14,8 +14,8 @@ import torch
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'HFGenerator', 'read_jsonl', 'EndpointError', 'OpenAIClient', 'EndpointGenerator',
-           'generator_from_spec', 'parse_score', 'overlap_score', 'LoopbackJudge']
+__all__ = ['REF_TAG', 'ANS_TAG', 'HFGenerator', 'EndpointError', 'OpenAIClient', 'EndpointGenerator', 'generator_from_spec',
+           'parse_score', 'overlap_score', 'LoopbackJudge']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
@@ -78,14 +78,7 @@ class HFGenerator:
         return out
 
 # %% ../nbs/00f_llm.ipynb
-def read_jsonl(path) -> list[dict]:
-    "The records of a JSONL file (none if it is missing); unreadable lines, such as a torn last one, are skipped."
-    out = []
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError: continue
-    return out
+from .core import read_jsonl, append_jsonl  # the suite's one JSONL reader and appender
 
 # %% ../nbs/00f_llm.ipynb
 class EndpointError(RuntimeError):
@@ -143,9 +136,7 @@ class OpenAIClient:
         except (KeyError, IndexError, TypeError): raise EndpointError(f"{self._url()} sent no message: {self._scrub(str(r)[:300])}") from None
         with self._lock:
             self._cache[key] = resp
-            if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a", encoding="utf-8") as f: f.write(json.dumps({"key": key, "response": resp}) + "\n")
+            if self.cache_path: append_jsonl(self.cache_path, [{"key": key, "response": resp}])
         return {**resp, "cached": False}
 
 class EndpointGenerator:

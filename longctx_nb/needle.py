@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
+from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir, append_jsonl
 from .llm import OpenAIClient, LoopbackJudge, parse_score, read_jsonl, generator_from_spec, REF_TAG, ANS_TAG
 
 # %% auto 0
@@ -180,8 +180,8 @@ def cell_key(model: str, form: str, hay_hash: str, c: dict) -> str:
     return f"{model}|{form}|{hay_hash}|{c['variant']}|{c['length']}|{c['depth']:g}"
 
 def read_results(path) -> list[dict]:
-    "Cells already in a results JSONL (a torn last line is ignored)."
-    return read_jsonl(path)
+    "Cells already in a results JSONL (a torn last line is ignored; other unreadable lines are an error)."
+    return read_jsonl(path, strict=True)
 
 def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: str, scorers=("contains", "word_recall", "rouge1_f"),
              judge: OpenAIClient | None = None, progress: bool = True) -> dict:
@@ -214,7 +214,7 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
             if "judge" in scorers and judge is not None: sc["judge"] = parse_score(judge.chat(judge_messages(o, sp["answer"]))["content"])
             lines.append({"key": cell_key(model, form, hay_hash, c), "model": model, "prompt": form, **c,
                           "prompt_tokens": L, "realised_depth": round(b["depths"][0], 2), "output": o, **sc})
-        with open(out_path, "a", encoding="utf-8") as f: f.write("".join(json.dumps(l) + "\n" for l in lines))
+        append_jsonl(out_path, lines)
         n += len(cs); bar.update(len(cs))
     bar.close(); dt = time.perf_counter() - t0
     st = {k: gen.stats[k] - stats0.get(k, 0) for k in gen.stats}

@@ -75,3 +75,45 @@ def test_torn_result_line_is_quarantined_not_glued(tmp_path):
     r = read_jsonl(p, strict=True)
     assert [x["key"] for x in r] == list(range(72)) and not r.unreadable and not r.torn
     assert (tmp_path / "results.jsonl.torn").read_text() == '{"key": 71, "outp\n'
+
+
+@pytest.fixture
+def endpoint_gen(corpus):
+    "A served model on loopback (answers at once) with the small BPE tokenizer: the needle grid without a model."
+    from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
+    from longctx_nb.tokenizer import load_tokenizer
+    with LoopbackJudge(respond=lambda msgs: "The best thing is to eat a sandwich.") as srv:
+        yield EndpointGenerator(OpenAIClient(srv.url, "served", api_key_env=None), tokenizer=load_tokenizer(corpus / "tok"))
+
+
+def test_needle_grid_after_a_torn_line_has_every_cell(endpoint_gen, tmp_path):
+    from longctx_nb.needle import grid_cells, read_results, run_grid
+    hay = ". ".join(texts(40, words=30)) + "."
+    cells = grid_cells([900, 1200], [0, 50, 100], ["single"])
+    out = tmp_path / "r.jsonl"
+    run_grid(endpoint_gen, cells[:3], hay, "chat", out, "m", progress=False)
+    out.write_bytes(out.read_bytes()[:-40])                                # killed while writing the third result
+    r = run_grid(endpoint_gen, cells, hay, "chat", out, "m", progress=False)
+    rows = read_results(out)
+    assert r["cells_run"] == 4 and len(rows) == 6 and len({x["key"] for x in rows}) == 6
+    out.write_text(out.read_text().replace('"model": "m"', '"model: "m"', 1))  # a damaged line in the middle
+    with pytest.raises(ValueError, match="r.jsonl: 1 unreadable line"): read_results(out)
+
+
+def test_longbench_predictions_survive_a_torn_line(tmp_path):
+    from longctx_nb.longbench_chat import predict
+    class Gen:
+        tok = None
+        def generate(self, prompts): return [f"answer {i}" for i in range(len(prompts))]
+    import longctx_nb.longbench_chat as lb
+    cases = [{"idx": i, "lang": "en"} for i in range(5)]
+    out = tmp_path / "p.jsonl"
+    orig = lb.case_prompt
+    try:
+        lb.case_prompt = lambda tok, c, n: [{"role": "user", "content": str(c["idx"])}]
+        predict(Gen(), cases[:3], out, 100, batch_size=2)
+        out.write_bytes(out.read_bytes()[:-10])
+        got = predict(Gen(), cases, out, 100, batch_size=2)
+    finally:
+        lb.case_prompt = orig
+    assert [g["idx"] for g in got] == list(range(5)) and len(read_jsonl(out, strict=True)) == 5
