@@ -11,11 +11,12 @@ from typing import Any, Iterator
 import yaml
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
-           'atomic_path', 'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords',
-           'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256', 'file_key',
-           'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure',
-           'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'domain_name', 'cache_dir',
+           'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json', 'read_json', 'replacing_dir',
+           'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform',
+           'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters',
+           'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'package_versions',
+           'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -219,7 +220,8 @@ def load_profile(profile: str | Path | dict = "cpu") -> dict:
         if not p.exists():
             names = sorted(q.stem for q in PROFILES_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"profile {profile!r} not found: not a file and not one of {names}")
-        prof, src = yaml.safe_load(p.read_text()) or {}, str(p)
+        try: prof, src = yaml.safe_load(p.read_text()) or {}, str(p)
+        except yaml.YAMLError as e: raise ValueError(f"{p}: not a valid profile: {_one_line(e)}") from None
     if not isinstance(prof, dict): raise ValueError(f"{src}: a profile must be a mapping, got {type(prof).__name__}")
     stages = prof.get("stages", {}) or {}
     if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
@@ -239,7 +241,11 @@ def parse_override(s: str) -> tuple[str | None, str, Any]:
     if "=" not in s: raise ValueError(f"override {s!r} is not key=value")
     k, v = s.split("=", 1)
     stage, _, key = k.rpartition(".")
-    return (stage.zfill(2) if stage else None), key.strip(), yaml.safe_load(v)
+    try: val = yaml.safe_load(v)
+    except yaml.YAMLError as e: raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
+    return (stage.zfill(2) if stage else None), key.strip(), val
+
+def _one_line(e) -> str: return " ".join(str(e).split())
 
 def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -> dict[str, dict]:
     "Per-stage parameters from a loaded profile and overrides; `declared` maps stage -> its parameters cell."
@@ -259,6 +265,73 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
                            f"the stage declares {sorted(declared[stage])}")
         out[stage].update(vals)
     return out
+
+# %% ../nbs/00_core.ipynb
+_STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
+PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
+    "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
+    "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5}, "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"]},
+           "vocab_size": {"min": 258}, "tokenizer_train_chars": {"min": 1}, "thresholds": {"each": int, "min": 1},
+           "max_docs": {"type": (int, None), "min": 1}},
+    "02": {"strategies": {"choices": _STRATEGIES}, "token_budget": {"min": 1}, "threshold": {"min": 1},
+           "target_long_share": {"min": 0, "max": 1}, "seq_len": {"min": 2}, "shard_seqs": {"min": 1}},
+    "03": {"method": {"choices": ["abf", "linear", "dynamic", "yarn", "llama3"]}, "base_seq_len": {"min": 2},
+           "base_rope_theta": {"min": 1}, "strategies": {"choices": _STRATEGIES}, "eval_len": {"min": 2},
+           "eval_docs": {"min": 1}, "eval_batch": {"min": 1}},
+    "05": {"loss_on": {"choices": ["assistant", "all"]}, "max_len": {"min": 2}, "n_long": {"min": 0}, "n_short": {"min": 0},
+           "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1}, "packs_per_batch": {"min": 1},
+           "epochs": {"min": 1}, "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
+    "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
+           "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
+           "model": {"type": (str, None)}},
+    "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
+           "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
+           "scorers": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
+           "heatmap_score": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
+           "judge": {"type": (str, dict, None)}},
+    "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
+           "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
+           "judge": {"type": (str, dict)}, "judge_retries": {"min": 0}},
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping", type(None): "null"}
+
+def param_rule(stage: str, key: str, default) -> dict:
+    "The rule a parameter's value must meet: `type`, and optionally `min`, `max`, `choices`, `each` (list items)."
+    rule = {**PARAM_RULES["*"].get(key, {}), **PARAM_RULES.get(stage, {}).get(key, {})}
+    if "type" not in rule and default is not None: rule["type"] = float if type(default) is float else type(default)
+    return rule
+
+def _is(v, t) -> bool:
+    if t is None or t is type(None): return v is None
+    if t is float: return type(v) in (int, float)
+    if t is int: return type(v) is int
+    return isinstance(v, t)
+
+def check_parameter(stage: str, key: str, value, default=None) -> str | None:
+    "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is)."
+    rule = param_rule(stage, key, default); types = rule.get("type")
+    types = types if isinstance(types, tuple) else (types,) if types is not None else ()
+    bad = f"stage {stage}: {key}={value!r}"
+    if types and not any(_is(value, t) for t in types):
+        return f"{bad} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; expected " + \
+               " or ".join(_TYPE_NAMES.get(t if t is not None else type(None), str(t)) for t in types)
+    if value is None: return None
+    items = value if isinstance(value, list) else [value]
+    if "each" in rule and not all(_is(x, rule["each"]) for x in items):
+        return f"{bad}: every item must be {_TYPE_NAMES[rule['each']]}"
+    if "choices" in rule and not isinstance(value, dict) and any(x not in rule["choices"] for x in items):
+        return f"{bad}: unknown {[x for x in items if x not in rule['choices']][0]!r}; expected one of {rule['choices']}"
+    nums = [x for x in items if type(x) in (int, float)]
+    if "min" in rule and any(x < rule["min"] for x in nums): return f"{bad}: must be at least {rule['min']}"
+    if "max" in rule and any(x > rule["max"] for x in nums): return f"{bad}: must be at most {rule['max']}"
+    return None
+
+def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> None:
+    "Raise `ValueError` listing every resolved parameter whose value does not meet its rule (before any work)."
+    errs = [e for s, vals in resolved.items() for k, v in vals.items() if k != "run_dir"
+            if (e := check_parameter(s, k, v, declared.get(s, {}).get(k)))]
+    if errs: raise ValueError("; ".join(errs))
 
 # %% ../nbs/00_core.ipynb
 class RunDir:

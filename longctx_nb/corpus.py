@@ -5,6 +5,7 @@
 # %% ../nbs/00b_corpus.ipynb 2
 from __future__ import annotations
 import glob, gzip, io, json, warnings
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from .core import (DOMAINS, SLIMPAJAMA_MIX, SHORT, domain_name, stable_uniform, 
 # %% auto 0
 __all__ = ['CORPUS_SUFFIXES', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog', 'record_to_doc', 'iter_jsonl',
            'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs', 'doc_record', 'write_shards',
-           'build_sample_corpus']
+           'split_validation', 'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -191,6 +192,52 @@ def write_shards(records: Iterable[dict], out_dir, prefix: str, max_bytes: int =
         buf.append(b); size += len(b)
     if buf: flush()
     return paths
+
+# %% ../nbs/00b_corpus.ipynb
+def _doc_hash(seed, d: Doc, i: int) -> int: return stable_hash(seed, "val", d.domain, i, stable_hash(d.text))
+
+def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_error="raise", shard_bytes: int = 16 << 20,
+                     log: ErrorLog | None = None) -> dict:
+    "Hold out `fraction` of each domain's documents (at least one where a domain has two) as a seeded validation split."
+    out_dir = Path(out_dir)
+    key = stable_key(corpus_key(spec), seed, fraction, on_error, shard_bytes)
+    old = read_json(out_dir / "manifest.json")
+    if old and old.get("key") == key: return old
+    hashes = defaultdict(lambda: array("Q"))  # pass 1: 8 bytes per document, not its text
+    for d in iter_docs(spec, on_error, log): hashes[d.domain].append(_doc_hash(seed, d, len(hashes[d.domain])))
+    if not any(len(h) >= 2 for h in hashes.values()):
+        raise ValueError(f"{spec}: no domain has two or more documents, so no validation split can be held out; "
+                         "pass validation=FILE (SlimPajama-schema shards)")
+    cut = {}
+    for dom, h in hashes.items():
+        k = max(1, round(fraction * len(h))) if len(h) >= 2 else 0
+        cut[dom] = sorted(h)[k - 1] if k else -1
+    counts = {dom: [0, 0] for dom in hashes}; seen = Counter()
+    with replacing_dir(out_dir) as tmp:  # pass 2: every document to one split, streamed
+        w = {s: _Shards(tmp / s, shard_bytes) for s in ("train", "validation")}
+        for d in iter_docs(spec, on_error):
+            is_val = _doc_hash(seed, d, seen[d.domain]) <= cut[d.domain]; seen[d.domain] += 1
+            w["validation" if is_val else "train"].add(SHORT[d.domain], {"text": d.text, "meta": {**d.meta, "redpajama_set_name": d.domain}})
+            counts[d.domain][is_val] += 1
+        for x in w.values(): x.close()
+        manifest = {"key": key, "from": str(spec), "seed": seed, "fraction": fraction,
+                    "docs": {dom: {"train": c[0], "validation": c[1]} for dom, c in counts.items()}}
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+class _Shards:
+    "Records appended to `prefix-00000.jsonl`, ... per prefix under `out_dir`, each at most about `max_bytes`."
+    def __init__(self, out_dir: Path, max_bytes: int):
+        self.dir, self.max, self.open = Path(out_dir), max_bytes, {}; self.dir.mkdir(parents=True, exist_ok=True)
+    def add(self, prefix: str, rec: dict):
+        b = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        f, n, k = self.open.get(prefix, (None, 0, -1))
+        if f is None or (n and n + len(b) > self.max):
+            if f: f.close()
+            k += 1; f, n = open(self.dir / f"{prefix}-{k:05d}.jsonl", "wb"), 0
+        f.write(b); self.open[prefix] = (f, n + len(b), k)
+    def close(self):
+        for f, _, _ in self.open.values(): f.close()
 
 # %% ../nbs/00b_corpus.ipynb
 LENGTH_BANDS_CHARS = (16_384, 200_000)  # about 4K and 50K tokens: short, long and very long documents

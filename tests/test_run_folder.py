@@ -117,3 +117,103 @@ def test_longbench_predictions_survive_a_torn_line(tmp_path):
     finally:
         lb.case_prompt = orig
     assert [g["idx"] for g in got] == list(range(5)) and len(read_jsonl(out, strict=True)) == 5
+
+
+# ---- the runner: typed parameters, one run per folder, upstream first, clear errors, user corpora ----
+import subprocess, sys, time
+
+import nbformat
+
+from conftest import ROOT, LONGCTX, longctx, manifest
+from longctx_nb.runner import run, StageFailed, UpstreamIncomplete
+
+
+def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("02.seq_len=abc", "stage 02: seq_len='abc' is a string; expected an integer"),
+    ("02.seq_len=-5", "stage 02: seq_len=-5: must be at least 2"),
+    ("seed=1.5", "stage 02: seed=1.5 is a number; expected an integer"),
+    ("01.seed=__import__('os').system('touch x')", "stage 01: seed=\"__import__('os').system('touch x')\" is a string"),
+    ("02.strategies=[original, gloabl]", "stage 02: strategies=['original', 'gloabl']: unknown 'gloabl'; expected one of"),
+])
+def test_bad_parameter_fails_before_any_work(tmp_path, override, says):
+    rd = tmp_path / "r"; (rd / "upsampled" / "original").mkdir(parents=True)
+    (rd / "upsampled" / "original" / "index.json").write_text("{}"); (rd / "manifest.json").write_text('{"stages": {}, "runs": []}')
+    before = {p: p.read_bytes() for p in rd.rglob("*") if p.is_file()}
+    r = longctx("run", "--run-dir", str(rd), "--stages", "01,02", "-p", override, check=False)
+    assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in rd.rglob("*") if p.is_file() and p.name != "runner.log"} == before
+
+
+def test_bad_yaml_and_unusable_run_folder_are_one_clear_line(tmp_path):
+    bad = tmp_path / "p.yaml"; bad.write_text("seed: !!python/object/apply:os.system ['touch x']\n")
+    r = longctx("run", "--profile", str(bad), "--run-dir", str(tmp_path / "r"), check=False)
+    assert r.returncode == 1 and "p.yaml: not a valid profile:" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "f").write_text("a file, not a folder")
+    r = longctx("run", "--run-dir", str(tmp_path / "f" / "run"), "--stages", "01", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and str(tmp_path / "f") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_second_run_into_the_same_folder_refuses(tmp_path):
+    nbs = tmp_path / "nbs"; nbs.mkdir(); go = tmp_path / "go"
+    _stage_nb(nbs / "01_wait.ipynb", f"import time, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)")
+    env = {**os.environ, "LONGCTX_NBS": str(nbs)}; rd = tmp_path / "run"; prof = tmp_path / "p.yaml"; prof.write_text("{}\n")
+    cmd = ["run", "--profile", str(prof), "--run-dir", str(rd)]
+    first = subprocess.Popen([*LONGCTX, *cmd], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (rd / ".longctx.lock").exists() and time.time() - t0 < 60: time.sleep(0.1)
+        second = longctx(*cmd, check=False, env=env)
+        assert second.returncode == 1 and f"is in use by another longctx run (pid {first.pid}" in second.stderr
+    finally:
+        go.write_text("go"); first.wait(120)
+    assert first.returncode == 0 and not (rd / ".longctx.lock").exists()
+    assert len(manifest(rd)["runs"]) == 1 and manifest(rd)["stages"]["01_wait"]["status"] == "completed"
+
+
+def test_stage_refuses_to_read_an_unfinished_upstream(tmp_path):
+    nbs = tmp_path / "nbs"; nbs.mkdir()
+    _stage_nb(nbs / "01_up.ipynb", "raise KeyboardInterrupt('killed')")
+    _stage_nb(nbs / "02_down.ipynb", "from pathlib import Path; Path(run_dir, 'down').write_text('ran')")
+    with pytest.raises(UpstreamIncomplete, match="02_down reads the outputs of 01_up, which never ran here"):
+        run({}, stages="02", run_dir=tmp_path / "run", nbs=nbs, progress=False)
+    with pytest.raises(StageFailed): run({}, stages="01", run_dir=tmp_path / "run", nbs=nbs, progress=False)
+    with pytest.raises(UpstreamIncomplete, match=r"which did not complete \(status: failed\); run stage 01 first"):
+        run({}, stages="02", run_dir=tmp_path / "run", nbs=nbs, progress=False)
+    assert not (tmp_path / "run" / "down").exists() and "02_down" not in manifest(tmp_path / "run")["stages"]
+
+
+def _user_corpus(path, n_per_domain):
+    recs = [doc_record(t, dom) for dom, n in n_per_domain.items() for t in texts(n, seed=len(dom), words=150)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_user_corpus_without_validation_runs_01_02_and_an_edit_redoes_both(tmp_path):
+    corpus, rd = tmp_path / "c.jsonl", tmp_path / "r"
+    _user_corpus(corpus, {"RedPajamaBook": 12, "RedPajamaC4": 8})
+    args = ["run", "--run-dir", str(rd), "--stages", "01,02", "-p", f"01.corpus={corpus}", "-p", "01.vocab_size=300",
+            "-p", "02.token_budget=20000", "-p", "02.threshold=100", "-p", "02.seq_len=64"]
+    longctx(*args)
+    m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
+    split = m["validation_split"]["docs"]
+    assert split == {"RedPajamaBook": {"train": 11, "validation": 1}, "RedPajamaC4": {"train": 7, "validation": 1}}
+    assert m["domains"]["book"]["docs"] == 12 and (rd / "tokens" / "validation" / "meta.json").exists()  # stats: all of it
+    assert json.loads((rd / "tokens" / "validation" / "meta.json").read_text())["n_docs"] == 2
+    keys = lambda: (json.loads((rd / "tokenizer" / "longctx_key.json").read_text())["key"],
+                    json.loads((rd / "tokens" / "train" / "meta.json").read_text())["key"])
+    k0, seqs = keys(), (rd / "upsampled" / "original" / "index.json").read_bytes()
+    r = longctx(*args, "-p", "02.seq_len=abc", check=False)                  # a failing rerun keeps the good output
+    assert r.returncode == 1 and (rd / "upsampled" / "original" / "index.json").read_bytes() == seqs
+    _user_corpus(corpus, {"RedPajamaBook": 12, "RedPajamaC4": 30})           # the user corpus is edited
+    r = longctx(*args)
+    assert "skipped" not in r.stdout + r.stderr and keys()[0] != k0[0] and keys()[1] != k0[1]
+    m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
+    assert m["domains"]["c4"]["docs"] == 30 and m["validation_split"]["docs"]["RedPajamaC4"] == {"train": 28, "validation": 2}
+    r = longctx(*args)                                                       # unchanged: both skipped
+    assert (r.stdout + r.stderr).count("completed earlier with the same parameters, skipped") == 2
