@@ -97,15 +97,15 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
 
 def _open_lines(path: Path) -> Iterator[bytes]:
     "Lines of a plain or compressed file; `_Truncated` (holding back the partial record) when a compressed one ends early."
-    prev = None
+    held = []  # one line of lookahead; popped when yielded, so a huge line is not kept alive here
     try:
         for line in _raw_lines(path):
-            if prev is not None: yield prev
-            prev = line
+            if held: yield held.pop()
+            held.append(line); del line
     except EOFError:
-        if prev is not None and prev.endswith(b"\n"): yield prev; prev = None
-        raise _Truncated(len(prev or b"")) from None
-    if prev is not None: yield prev
+        if held and held[0].endswith(b"\n"): yield held.pop()
+        raise _Truncated(len(held[0]) if held else 0) from None
+    if held: yield held.pop()
 
 def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file."
@@ -119,6 +119,7 @@ def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[
             except UnicodeDecodeError as e: _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}"); continue
             try: rec = json.loads(line)
             except json.JSONDecodeError as e: _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})"); continue
+            del raw, line  # a huge document is held once (as its text), not three times, while it is used
             if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
     except _Truncated as e:
         _bad(on_error, log, "truncated", f"{path}:{i + 1}", f"the compressed file ends early: {i} line(s) read, the record "

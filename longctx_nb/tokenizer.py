@@ -5,7 +5,9 @@
 # %% ../nbs/00c_tokenizer.ipynb 2
 from __future__ import annotations
 from pathlib import Path
-from typing import Iterable, Sequence
+from array import array
+from collections import Counter, defaultdict
+from typing import Iterable, Iterator, Sequence
 
 from .core import atomic_path, write_json, read_json, replacing_dir
 
@@ -34,16 +36,23 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequen
     return fast
 
 def sample_texts(docs, max_chars: int, chunk: int = 4096):
-    "Up to `max_chars` of text taken round-robin over domains, in pieces of at most `chunk` characters."
-    by_dom = {}
-    for d in docs: by_dom.setdefault(d.domain, []).append(d.text)
-    pieces = {k: (t[i:i + chunk] for t in v for i in range(0, len(t), chunk)) for k, v in sorted(by_dom.items())}
-    n = 0
-    while pieces and n < max_chars:
-        for k in list(pieces):
-            p = next(pieces[k], None)
-            if p is None: del pieces[k]; continue
-            n += len(p); yield p
+    "Up to `max_chars` of text, domains taking turns, in pieces of at most `chunk` characters; a callable `docs` streams."
+    again = docs if callable(docs) else (lambda d=list(docs): iter(d))  # pass `lambda: iter_docs(...)`: nothing is held
+    lens, cum = defaultdict(lambda: array("q")), Counter()
+    for d in again():  # pass 1: piece lengths per domain, as far as the budget can reach
+        if cum[d.domain] >= max_chars: continue
+        for i in range(0, len(d.text), chunk):
+            lens[d.domain].append(min(chunk, len(d.text) - i)); cum[d.domain] += lens[d.domain][-1]
+            if cum[d.domain] >= max_chars: break
+    take, n, r = dict.fromkeys(sorted(lens), 0), 0, 0
+    while n < max_chars and any(r < len(lens[k]) for k in take):  # the rounds: one piece per domain each
+        for k in take:
+            if r < len(lens[k]): n += lens[k][r]; take[k] += 1
+        r += 1
+    for d in again():  # pass 2: those pieces, streamed (the trained BPE does not depend on their order)
+        for i in range(0, len(d.text), chunk):
+            if take.get(d.domain, 0) <= 0: break
+            take[d.domain] -= 1; yield d.text[i:i + chunk]
 
 def load_tokenizer(path):
     "Load a tokenizer from a local folder or HF path."
@@ -53,16 +62,15 @@ def load_tokenizer(path):
 # %% ../nbs/00c_tokenizer.ipynb
 SLICE_CHARS = 1 << 20  # long documents are encoded in pieces of about this many characters (bounded memory)
 
-def text_slices(text: str, size: int = SLICE_CHARS) -> list[str]:
-    "`text` in pieces of at most `size` characters, each cut before a space that starts a word (BPE counts unchanged)."
-    out, i, n = [], 0, len(text)
+def text_slices(text: str, size: int = SLICE_CHARS) -> Iterator[str]:
+    "Yield `text` in pieces of at most `size` characters, each cut before a space that starts a word (same BPE tokens)."
+    i, n = 0, len(text)
     while n - i > size:
         lo, j = i + size // 2, text.rfind(" ", i + size // 2, i + size)
         while j > lo and text[j + 1].isspace(): j = text.rfind(" ", lo, j)
         if j <= lo: j = i + size  # no word boundary in the window: cut anyway
-        out.append(text[i:j]); i = j
-    out.append(text[i:])
-    return out
+        yield text[i:j]; i = j
+    yield text[i:]
 
 def encode_pieces(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS, batch_chars: int = 4 << 20):
     "Yield `(text index, token ids)` piece by piece: long texts in slices, batches of at most `batch_chars` characters."

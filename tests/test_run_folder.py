@@ -217,3 +217,23 @@ def test_user_corpus_without_validation_runs_01_02_and_an_edit_redoes_both(tmp_p
     assert m["domains"]["c4"]["docs"] == 30 and m["validation_split"]["docs"]["RedPajamaC4"] == {"train": 28, "validation": 2}
     r = longctx(*args)                                                       # unchanged: both skipped
     assert (r.stdout + r.stderr).count("completed earlier with the same parameters, skipped") == 2
+
+
+def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
+    "Counting and storing the tokens of one long document streams it in slices (before: ~100 bytes of RAM per char)."
+    rng = np.random.default_rng(0)
+    text = " ".join(np.array(WORDS)[rng.integers(0, len(WORDS), size=4_600_000)].tolist())  # ~25 MB, one document
+    big, val = tmp_path / "big.jsonl", tmp_path / "val.jsonl"
+    big.write_text(json.dumps(doc_record(text, "RedPajamaBook")) + "\n")
+    val.write_text("".join(json.dumps(doc_record(text[i:i + 5000], "RedPajamaBook")) + "\n" for i in range(0, 15000, 5000)))
+    del text
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # the kernels included
+    r = subprocess.run([sys.executable, "-c", measure, *LONGCTX, "run", "--run-dir", str(tmp_path / "r"), "--stages", "01,02",
+                        "-p", f"01.corpus={big}", "-p", f"01.validation={val}", "-p", "01.vocab_size=300",
+                        "-p", "01.tokenizer_train_chars=1000000", "-p", "02.token_budget=100000", "-p", "02.seq_len=256",
+                        "-p", "02.threshold=1000"], cwd=ROOT, capture_output=True, text=True)
+    rc, peak_kib = map(int, r.stdout.split()[-2:])
+    assert rc == 0, r.stderr[-3000:]
+    assert peak_kib < 2 << 20, f"peak RSS {peak_kib >> 10} MiB"
+    assert json.loads((tmp_path / "r" / "tokens" / "train" / "meta.json").read_text())["n_docs"] == 1
