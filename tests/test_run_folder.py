@@ -237,3 +237,27 @@ def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
     assert rc == 0, r.stderr[-3000:]
     assert peak_kib < 2 << 20, f"peak RSS {peak_kib >> 10} MiB"
     assert json.loads((tmp_path / "r" / "tokens" / "train" / "meta.json").read_text())["n_docs"] == 1
+
+
+def test_retraining_with_other_settings_keeps_the_finished_model_until_done(tmp_path):
+    import torch
+    from transformers import TrainerCallback
+    from longctx_nb.train import TrainConfig, tiny_llama, train_lm
+    class Rand(torch.utils.data.Dataset):
+        def __init__(self): self.x = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
+        def __len__(self): return len(self.x)
+        def __getitem__(self, i): return {"input_ids": self.x[i], "labels": self.x[i], "position_ids": torch.arange(16)}
+    cfg = lambda lr: TrainConfig(lr=lr, batch_tokens=32, micro_batch=2, max_tokens=32 * 6, save_steps=2, log_steps=2, warmup_steps=0)
+    model = lambda: tiny_llama(64, hidden=16, layers=1, heads=2, max_pos=16)
+    first = train_lm(model(), Rand(), tmp_path / "phase", cfg(3e-3))
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3: raise KeyboardInterrupt("killed")
+    with pytest.raises(KeyboardInterrupt): train_lm(model(), Rand(), tmp_path / "phase", cfg(1e-3), callbacks=[Kill()])
+    assert json.loads((tmp_path / "phase" / "train_log.json").read_text())["key"] == first["key"]
+    assert (tmp_path / "phase" / "final" / "config.json").exists()          # the finished model is still there
+    assert (tmp_path / ".phase.partial" / "checkpoint-2").exists()           # the new run's progress, beside it
+    second = train_lm(model(), Rand(), tmp_path / "phase", cfg(1e-3))          # resumes from that checkpoint
+    assert second["key"] != first["key"] and second["steps"] == 6
+    assert json.loads((tmp_path / "phase" / "train_log.json").read_text())["key"] == second["key"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phase"]
