@@ -65,7 +65,9 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
 
 def _umask() -> int:
     "The process umask (read by setting and restoring it)."
-    m = os.umask(0o022); os.umask(m); return m
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
 
 UMASK = _umask()
 
@@ -88,7 +90,8 @@ def read_json(path, default=None):
 @contextlib.contextmanager
 def replacing_dir(dest) -> Iterator[Path]:
     "Yield an empty folder beside `dest` to build in; swap it onto `dest` only if the block succeeds."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".new", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~UMASK)
     try:
@@ -114,15 +117,16 @@ class JsonlRecords(list):
 
 def read_jsonl(path, strict: bool = False) -> JsonlRecords:
     "Records of a JSONL file (none if missing); `strict` raises when lines other than a torn last one are unreadable."
-    path = Path(path); out = JsonlRecords()
+    path, out = Path(path), JsonlRecords()
     if not path.exists(): return out
-    raw = path.read_bytes(); lines = raw.split(b"\n")
+    lines = path.read_bytes().split(b"\n")
     last = lines.pop()  # b"" when the file ends with a newline
     for i, line in enumerate(lines, 1):
         if not line.strip(): continue
         try: out.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            out.unreadable += 1; out.first_bad = out.first_bad or i
+            out.unreadable += 1
+            out.first_bad = out.first_bad or i
     if last.strip():
         try: out.append(json.loads(last))
         except (json.JSONDecodeError, UnicodeDecodeError): out.torn = last
@@ -139,13 +143,20 @@ def _repair_tail(f, path: Path) -> None:
     if f.read(1) == b"\n": return
     pos = size
     while pos > 0:  # find the start of the last line
-        step = min(pos, 1 << 16); f.seek(pos - step); block = f.read(step)
-        k = block.rfind(b"\n")
-        if k >= 0: pos = pos - step + k + 1; break
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        k = f.read(step).rfind(b"\n")
         pos -= step
-    f.seek(pos); tail = f.read()
-    try: json.loads(tail); f.write(b"\n"); return
+        if k >= 0:
+            pos += k + 1
+            break
+    f.seek(pos)
+    tail = f.read()
+    try: json.loads(tail)
     except (json.JSONDecodeError, UnicodeDecodeError): pass
+    else:
+        f.write(b"\n")
+        return
     torn = path.with_name(path.name + ".torn")
     with open(torn, "ab") as t: t.write(tail + b"\n")
     f.truncate(pos)
@@ -153,11 +164,14 @@ def _repair_tail(f, path: Path) -> None:
 
 def append_jsonl(path, records) -> Path:
     "Append `records` as JSON lines to `path`, first repairing a torn last line; flushed to disk before returning."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
     with open(path, "a+b") as f:
         _repair_tail(f, path)
-        f.write(data); f.flush(); os.fsync(f.fileno())
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 # %% ../nbs/00_core.ipynb
@@ -189,11 +203,14 @@ def file_sha256(path) -> str:
 
 def file_key(path, full_below: int = 16 << 20) -> str:
     "Identity of a file's content: its SHA-256 up to `full_below` bytes, else size, mtime and a hash of 3 sampled MB."
-    p = Path(path); st = p.stat()
+    p = Path(path)
+    st = p.stat()
     if st.st_size <= full_below: return file_sha256(p)
     h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
     with open(p, "rb") as f:
-        for off in (0, st.st_size // 2, st.st_size - (1 << 20)): f.seek(off); h.update(f.read(1 << 20))
+        for off in (0, st.st_size // 2, st.st_size - (1 << 20)):
+            f.seek(off)
+            h.update(f.read(1 << 20))
     return "sampled:" + h.hexdigest()
 
 def path_key(path) -> str:
@@ -242,7 +259,8 @@ def parse_override(s: str) -> tuple[str | None, str, Any]:
     k, v = s.split("=", 1)
     stage, _, key = k.rpartition(".")
     try: val = yaml.safe_load(v)
-    except yaml.YAMLError as e: raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
     return (stage.zfill(2) if stage else None), key.strip(), val
 
 def _one_line(e) -> str: return " ".join(str(e).split())
@@ -270,7 +288,8 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
 _STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
 PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
     "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
-    "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5}, "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"]},
+    "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
+           "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"]},
            "vocab_size": {"min": 258}, "tokenizer_train_chars": {"min": 1}, "thresholds": {"each": int, "min": 1},
            "max_docs": {"type": (int, None), "min": 1}},
     "02": {"strategies": {"choices": _STRATEGIES}, "token_budget": {"min": 1}, "threshold": {"min": 1},
@@ -278,14 +297,16 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
     "03": {"method": {"choices": ["abf", "linear", "dynamic", "yarn", "llama3"]}, "base_seq_len": {"min": 2},
            "base_rope_theta": {"min": 1}, "strategies": {"choices": _STRATEGIES}, "eval_len": {"min": 2},
            "eval_docs": {"min": 1}, "eval_batch": {"min": 1}},
-    "05": {"loss_on": {"choices": ["assistant", "all"]}, "max_len": {"min": 2}, "n_long": {"min": 0}, "n_short": {"min": 0},
-           "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1}, "packs_per_batch": {"min": 1},
-           "epochs": {"min": 1}, "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
+    "05": {"loss_on": {"choices": ["assistant", "all"]}, "max_len": {"min": 2}, "n_long": {"min": 0},
+           "n_short": {"min": 0}, "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1},
+           "packs_per_batch": {"min": 1}, "epochs": {"min": 1},
+           "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
     "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
            "model": {"type": (str, None)}},
     "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
-           "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
+           "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
+           "batch_size": {"min": 1},
            "scorers": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
            "heatmap_score": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
            "judge": {"type": (str, dict, None)}},
@@ -310,7 +331,8 @@ def _is(v, t) -> bool:
 
 def check_parameter(stage: str, key: str, value, default=None) -> str | None:
     "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is)."
-    rule = param_rule(stage, key, default); types = rule.get("type")
+    rule = param_rule(stage, key, default)
+    types = rule.get("type")
     types = types if isinstance(types, tuple) else (types,) if types is not None else ()
     bad = f"stage {stage}: {key}={value!r}"
     if types and not any(_is(value, t) for t in types):
@@ -321,7 +343,8 @@ def check_parameter(stage: str, key: str, value, default=None) -> str | None:
     if "each" in rule and not all(_is(x, rule["each"]) for x in items):
         return f"{bad}: every item must be {_TYPE_NAMES[rule['each']]}"
     if "choices" in rule and not isinstance(value, dict) and any(x not in rule["choices"] for x in items):
-        return f"{bad}: unknown {[x for x in items if x not in rule['choices']][0]!r}; expected one of {rule['choices']}"
+        unknown = [x for x in items if x not in rule["choices"]][0]
+        return f"{bad}: unknown {unknown!r}; expected one of {rule['choices']}"
     nums = [x for x in items if type(x) in (int, float)]
     if "min" in rule and any(x < rule["min"] for x in nums): return f"{bad}: must be at least {rule['min']}"
     if "max" in rule and any(x > rule["max"] for x in nums): return f"{bad}: must be at most {rule['max']}"

@@ -68,10 +68,11 @@ class _Truncated(Exception):
 def _zst_blocks(f) -> Iterator[bytes]:
     "Decompressed blocks of a (multi-frame) zstd stream; `EOFError` when it ends inside a frame."
     import zstandard
-    dctx = zstandard.ZstdDecompressor(); d, fed = dctx.decompressobj(), False
+    dctx = zstandard.ZstdDecompressor()
+    d, fed = dctx.decompressobj(), False
     for block in iter(lambda: f.read(1 << 20), b""):
         while block:
-            out = d.decompress(block); fed = True
+            out, fed = d.decompress(block), True
             if out: yield out
             block = b""
             if d.eof: block, d, fed = d.unused_data, dctx.decompressobj(), False
@@ -81,7 +82,9 @@ def _split_lines(blocks) -> Iterator[bytes]:
     rest = []
     for b in blocks:
         parts = b.split(b"\n")
-        if len(parts) == 1: rest.append(b); continue
+        if len(parts) == 1:
+            rest.append(b)
+            continue
         yield b"".join(rest) + parts[0] + b"\n"
         yield from (p + b"\n" for p in parts[1:-1])
         rest = [parts[-1]] if parts[-1] else []
@@ -96,12 +99,13 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
         with open(path, "rb") as f: yield from f
 
 def _open_lines(path: Path) -> Iterator[bytes]:
-    "Lines of a plain or compressed file; `_Truncated` (holding back the partial record) when a compressed one ends early."
+    "Lines of a plain or compressed file; `_Truncated` (the partial record held back) when a compressed one ends early."
     held = []  # one line of lookahead; popped when yielded, so a huge line is not kept alive here
     try:
         for line in _raw_lines(path):
             if held: yield held.pop()
-            held.append(line); del line
+            held.append(line)
+            del line
     except EOFError:
         if held and held[0].endswith(b"\n"): yield held.pop()
         raise _Truncated(len(held[0]) if held else 0) from None
@@ -109,21 +113,26 @@ def _open_lines(path: Path) -> Iterator[bytes]:
 
 def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file."
-    path = Path(path); n = i = 0
+    path, n, i = Path(path), 0, 0
     try:
         for i, raw in enumerate(_open_lines(path), 1):
             where = f"{path}:{i}"
             if not raw.strip(): continue
             n += 1
             try: line = raw.decode("utf-8")
-            except UnicodeDecodeError as e: _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}"); continue
+            except UnicodeDecodeError as e:
+                _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}")
+                continue
             try: rec = json.loads(line)
-            except json.JSONDecodeError as e: _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})"); continue
+            except json.JSONDecodeError as e:
+                _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})")
+                continue
             del raw, line  # a huge document is held once (as its text), not three times, while it is used
             if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
     except _Truncated as e:
-        _bad(on_error, log, "truncated", f"{path}:{i + 1}", f"the compressed file ends early: {i} line(s) read, the record "
-             f"at line {i + 1} ({e.args[0]} bytes read) and everything after it are lost"); return
+        _bad(on_error, log, "truncated", f"{path}:{i + 1}", f"the compressed file ends early: {i} line(s) read, "
+             f"the record at line {i + 1} ({e.args[0]} bytes read) and everything after it are lost")
+        return
     if n == 0: _bad(on_error, log, "empty-file", f"{path}:0", "file has no records")
 
 def iter_parquet(path, on_error="raise", log: ErrorLog | None = None, batch_size: int = 256) -> Iterator[Doc]:
@@ -197,13 +206,14 @@ def write_shards(records: Iterable[dict], out_dir, prefix: str, max_bytes: int =
 # %% ../nbs/00b_corpus.ipynb
 def _doc_hash(seed, d: Doc, i: int) -> int: return stable_hash(seed, "val", d.domain, i, stable_hash(d.text))
 
-def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_error="raise", shard_bytes: int = 16 << 20,
-                     log: ErrorLog | None = None) -> dict:
+def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_error="raise",
+                     shard_bytes: int = 16 << 20, log: ErrorLog | None = None) -> dict:
     "Hold out `fraction` of each domain's documents (at least one where a domain has two) as a seeded validation split."
     out_dir = Path(out_dir)
     key = stable_key(corpus_key(spec), seed, fraction, on_error, shard_bytes)
     old = read_json(out_dir / "manifest.json")
     if old and old.get("key") == key: return old
+    if old: print(f"{out_dir.name}: split from other data or settings; splitting again")
     hashes = defaultdict(lambda: array("Q"))  # pass 1: 8 bytes per document, not its text
     for d in iter_docs(spec, on_error, log): hashes[d.domain].append(_doc_hash(seed, d, len(hashes[d.domain])))
     if not any(len(h) >= 2 for h in hashes.values()):
@@ -213,12 +223,14 @@ def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_er
     for dom, h in hashes.items():
         k = max(1, round(fraction * len(h))) if len(h) >= 2 else 0
         cut[dom] = sorted(h)[k - 1] if k else -1
-    counts = {dom: [0, 0] for dom in hashes}; seen = Counter()
+    counts, seen = {dom: [0, 0] for dom in hashes}, Counter()
     with replacing_dir(out_dir) as tmp:  # pass 2: every document to one split, streamed
         w = {s: _Shards(tmp / s, shard_bytes) for s in ("train", "validation")}
         for d in iter_docs(spec, on_error):
-            is_val = _doc_hash(seed, d, seen[d.domain]) <= cut[d.domain]; seen[d.domain] += 1
-            w["validation" if is_val else "train"].add(SHORT[d.domain], {"text": d.text, "meta": {**d.meta, "redpajama_set_name": d.domain}})
+            is_val = _doc_hash(seed, d, seen[d.domain]) <= cut[d.domain]
+            seen[d.domain] += 1
+            rec = {"text": d.text, "meta": {**d.meta, "redpajama_set_name": d.domain}}
+            w["validation" if is_val else "train"].add(SHORT[d.domain], rec)
             counts[d.domain][is_val] += 1
         for x in w.values(): x.close()
         manifest = {"key": key, "from": str(spec), "seed": seed, "fraction": fraction,
@@ -229,14 +241,17 @@ def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_er
 class _Shards:
     "Records appended to `prefix-00000.jsonl`, ... per prefix under `out_dir`, each at most about `max_bytes`."
     def __init__(self, out_dir: Path, max_bytes: int):
-        self.dir, self.max, self.open = Path(out_dir), max_bytes, {}; self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir, self.max, self.open = Path(out_dir), max_bytes, {}
+        self.dir.mkdir(parents=True, exist_ok=True)
     def add(self, prefix: str, rec: dict):
         b = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
         f, n, k = self.open.get(prefix, (None, 0, -1))
         if f is None or (n and n + len(b) > self.max):
             if f: f.close()
-            k += 1; f, n = open(self.dir / f"{prefix}-{k:05d}.jsonl", "wb"), 0
-        f.write(b); self.open[prefix] = (f, n + len(b), k)
+            k, n = k + 1, 0
+            f = open(self.dir / f"{prefix}-{k:05d}.jsonl", "wb")
+        f.write(b)
+        self.open[prefix] = (f, n + len(b), k)
     def close(self):
         for f, _, _ in self.open.values(): f.close()
 
@@ -277,6 +292,9 @@ def build_sample_corpus(out_dir, seed: int = 0, mixture="slimpajama", val_chars:
               "sources": [s.name for s in srcs], "shard_bytes": shard_bytes}
     old = read_json(out_dir / "manifest.json")
     if old and old.get("config") == config and not force: return old
+    if old:
+        changed = [k for k in config if old.get("config", {}).get(k) != config[k]] or ["--force"]
+        print(f"{out_dir.name}: built with other settings ({', '.join(changed)}); rebuilding it")
     by_dom, seen, report = defaultdict(list), set(), {}
     for s in tqdm(srcs, desc="sources"):
         try: docs = list(s.documents())

@@ -135,7 +135,8 @@ def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int =
         b = todo[i:i + batch_size]
         outs = gen.generate([case_prompt(gen.tok, c, max_length) for c in b])
         rs = [{"idx": c["idx"], "lang": c["lang"], "prediction": o} for c, o in zip(b, outs)]
-        append_jsonl(out_path, rs); done.update((r["idx"], r) for r in rs)
+        append_jsonl(out_path, rs)
+        done.update((r["idx"], r) for r in rs)
     return [done[c["idx"]] for c in cases]
 
 def judge_all(client, cases, preds, out_path, shots: dict | None = None, retries: int = 3) -> list[dict]:

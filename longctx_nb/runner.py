@@ -98,9 +98,10 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def run_lock(root):
-    "Hold `root/.longctx.lock` for the duration of one run; a live holder makes this refuse, a dead one's is taken over."
+    "Hold `root/.longctx.lock` during one run; a live holder makes this refuse, a dead one's lock is taken over."
     lock = Path(root) / ".longctx.lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": since}
     for attempt in range(2):
         try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -111,7 +112,8 @@ def run_lock(root):
                     (not holder and time.time() - lock.stat().st_mtime > 60)  # a lock never written: its writer died
             if stale and attempt == 0:
                 tqdm.write(f"{lock}: taking over a stale lock (pid {pid} on {holder.get('host')} is not running)")
-                lock.unlink(missing_ok=True); continue
+                lock.unlink(missing_ok=True)
+                continue
             raise RunLocked(f"{root} is in use by another longctx run (pid {pid} on {holder.get('host')}, since "
                             f"{holder.get('started')}); wait for it, or delete {lock} if that run is gone") from None
         with os.fdopen(fd, "w") as f: json.dump(me, f)
@@ -164,9 +166,11 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
     check_parameters(resolved, declared)  # types, ranges and choices: a bad value stops the run before any work
     rd = RunDir(run_dir)
     with run_lock(rd.root):  # one run per folder
-        return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress, log_output)
+        return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
+                           log_output)
 
-def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress, log_output) -> dict:
+def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
+                log_output) -> dict:
     import papermill as pm
     mpath = rd.path("manifest.json")
     man = read_json(mpath, {"stages": {}, "runs": []})
@@ -181,7 +185,8 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
         p = {**resolved[sid], "run_dir": str(rd.root)}
         earlier = [all_[e].stem for e in all_ if e < sid]  # chained through the manifest, selected now or not
         upstream = [man["stages"].get(n, {}).get("fingerprint") for n in earlier]
-        fp = fingerprint({k: v for k, v in p.items() if k != "run_dir"}, notebook_code_hash(nb), upstream, input_keys(p))
+        own = {k: v for k, v in p.items() if k != "run_dir"}
+        fp = fingerprint(own, notebook_code_hash(nb), upstream, input_keys(p))
         prev = man["stages"].get(name, {})
         if prev.get("status") == "completed" and prev.get("fingerprint") == fp and not force:
             tqdm.write(f"{name}: completed earlier with the same parameters, skipped (--force redoes it)")
@@ -253,7 +258,9 @@ def main(argv=None):
     try:
         man = run(a.profile, a.stages, run_dir, a.param, a.force, a.publish, log_output=a.log_output)
     except (StageFailed, KeyError, ValueError, OSError, RunLocked, UpstreamIncomplete) as e:
-        print(f"longctx run: {_error_line(e)}", file=sys.stderr); _log_traceback(run_dir); return 1
+        print(f"longctx run: {_error_line(e)}", file=sys.stderr)
+        _log_traceback(run_dir)
+        return 1
     print(f"run folder: {Path(run_dir).resolve()}")
     return 0
 

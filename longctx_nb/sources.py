@@ -105,7 +105,10 @@ def unpack(archive: Path, patterns, dest: Path) -> Path:
         n = 0
         for name, read in iter_archive(archive):
             if any(fnmatch.fnmatch(name, p) for p in patterns):
-                out = member_path(tmp, name); out.parent.mkdir(parents=True, exist_ok=True); out.write_bytes(read()); n += 1
+                out = member_path(tmp, name)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(read())
+                n += 1
         if n == 0: raise SourceUnavailable(f"{Path(archive).name}: no member matches {list(patterns)}")
         (tmp / ".complete").write_text(str(n))
     return dest

@@ -36,23 +36,27 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequen
     return fast
 
 def sample_texts(docs, max_chars: int, chunk: int = 4096):
-    "Up to `max_chars` of text, domains taking turns, in pieces of at most `chunk` characters; a callable `docs` streams."
+    "Up to `max_chars` of text, domains taking turns, in pieces of at most `chunk` chars (a callable `docs` streams)."
     again = docs if callable(docs) else (lambda d=list(docs): iter(d))  # pass `lambda: iter_docs(...)`: nothing is held
     lens, cum = defaultdict(lambda: array("q")), Counter()
     for d in again():  # pass 1: piece lengths per domain, as far as the budget can reach
         if cum[d.domain] >= max_chars: continue
         for i in range(0, len(d.text), chunk):
-            lens[d.domain].append(min(chunk, len(d.text) - i)); cum[d.domain] += lens[d.domain][-1]
+            lens[d.domain].append(min(chunk, len(d.text) - i))
+            cum[d.domain] += lens[d.domain][-1]
             if cum[d.domain] >= max_chars: break
     take, n, r = dict.fromkeys(sorted(lens), 0), 0, 0
     while n < max_chars and any(r < len(lens[k]) for k in take):  # the rounds: one piece per domain each
         for k in take:
-            if r < len(lens[k]): n += lens[k][r]; take[k] += 1
+            if r < len(lens[k]):
+                n += lens[k][r]
+                take[k] += 1
         r += 1
     for d in again():  # pass 2: those pieces, streamed (the trained BPE does not depend on their order)
         for i in range(0, len(d.text), chunk):
             if take.get(d.domain, 0) <= 0: break
-            take[d.domain] -= 1; yield d.text[i:i + chunk]
+            take[d.domain] -= 1
+            yield d.text[i:i + chunk]
 
 def load_tokenizer(path):
     "Load a tokenizer from a local folder or HF path."
@@ -69,7 +73,8 @@ def text_slices(text: str, size: int = SLICE_CHARS) -> Iterator[str]:
         lo, j = i + size // 2, text.rfind(" ", i + size // 2, i + size)
         while j > lo and text[j + 1].isspace(): j = text.rfind(" ", lo, j)
         if j <= lo: j = i + size  # no word boundary in the window: cut anyway
-        yield text[i:j]; i = j
+        yield text[i:j]
+        i = j
     yield text[i:]
 
 def encode_pieces(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS, batch_chars: int = 4 << 20):
@@ -79,9 +84,12 @@ def encode_pieces(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS, bat
     batch, owner, size = [], [], 0
     for k, t in enumerate(texts):
         for p in text_slices(t, slice_chars):
-            batch.append(p); owner.append(k); size += len(p)
+            batch.append(p)
+            owner.append(k)
+            size += len(p)
             if size >= batch_chars:
-                yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False))); batch, owner, size = [], [], 0
+                yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False)))
+                batch, owner, size = [], [], 0
     if batch: yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False)))
 
 def token_counts(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS) -> list[int]:

@@ -40,8 +40,11 @@ def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64):
             nonlocal off
             lens = [0] * len(batch)
             for k, ids in encode_pieces(tok, [d.text for d in batch]):  # long documents slice by slice
-                f.write(np.asarray(ids, dtype=dt).tobytes()); lens[k] += len(ids)
-            for d, n in zip(batch, lens): docs.append((off, n, DOMAINS.index(d.domain))); off += n
+                f.write(np.asarray(ids, dtype=dt).tobytes())
+                lens[k] += len(ids)
+            for d, n in zip(batch, lens):
+                docs.append((off, n, DOMAINS.index(d.domain)))
+                off += n
             batch.clear()
         for d in iter_docs(path, on_error, log):
             batch.append(d)
