@@ -5,12 +5,19 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import torch
+from transformers import TrainerCallback
 
+import longctx_nb.longbench_chat as lb
+import longctx_nb.upsample as up
 from conftest import ROOT, LONGCTX, longctx, manifest
 from longctx_nb.core import read_jsonl, append_jsonl
 from longctx_nb.corpus import doc_record, write_shards
+from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
+from longctx_nb.needle import grid_cells, read_results, run_grid
 from longctx_nb.runner import run, StageFailed, UpstreamIncomplete
-from longctx_nb.tokenizer import train_bpe
+from longctx_nb.tokenizer import train_bpe, load_tokenizer
+from longctx_nb.train import TrainConfig, tiny_llama, train_lm
 from longctx_nb.upsample import build_token_store, write_sequences, SequenceDataset, TokenStore
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
@@ -47,7 +54,6 @@ def test_token_store_edited_corpus_is_rebuilt_and_failed_rebuild_keeps_the_old(c
     st = store(corpus)
     f = corpus / "c" / "s1-00000.jsonl"
     f.write_text(f.read_text() + json.dumps(doc_record("a new document about the fox", "RedPajamaBook")) + "\n")
-    import longctx_nb.upsample as up
     real = up._tokenize_file
     def dying(path, *a, **k):
         if Path(path).name.startswith("s1"): raise KeyboardInterrupt("killed")
@@ -88,15 +94,12 @@ def test_torn_result_line_is_quarantined_not_glued(tmp_path):
 @pytest.fixture
 def endpoint_gen(corpus):
     "A served model on loopback (answers at once) with the small BPE tokenizer: the needle grid without a model."
-    from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
-    from longctx_nb.tokenizer import load_tokenizer
     with LoopbackJudge(respond=lambda msgs: "The best thing is to eat a sandwich.") as srv:
         client = OpenAIClient(srv.url, "served", api_key_env=None)
         yield EndpointGenerator(client, tokenizer=load_tokenizer(corpus / "tok"))
 
 
 def test_needle_grid_after_a_torn_line_has_every_cell(endpoint_gen, tmp_path):
-    from longctx_nb.needle import grid_cells, read_results, run_grid
     hay = ". ".join(texts(40, words=30)) + "."
     cells = grid_cells([900, 1200], [0, 50, 100], ["single"])
     out = tmp_path / "r.jsonl"
@@ -110,7 +113,6 @@ def test_needle_grid_after_a_torn_line_has_every_cell(endpoint_gen, tmp_path):
 
 
 def test_longbench_predictions_survive_a_torn_line(tmp_path, monkeypatch):
-    import longctx_nb.longbench_chat as lb
     class Gen:
         tok = None
         def generate(self, prompts): return [f"answer {i}" for i in range(len(prompts))]
@@ -124,9 +126,6 @@ def test_longbench_predictions_survive_a_torn_line(tmp_path, monkeypatch):
 
 
 def test_retraining_with_other_settings_keeps_the_finished_model_until_done(tmp_path):
-    import torch
-    from transformers import TrainerCallback
-    from longctx_nb.train import TrainConfig, tiny_llama, train_lm
     class Rand(torch.utils.data.Dataset):
         def __init__(self): self.x = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
         def __len__(self): return len(self.x)
