@@ -201,16 +201,16 @@ def file_sha256(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
     return h.hexdigest()
 
-def file_key(path, full_below: int = 16 << 20) -> str:
-    "Identity of a file's content: its SHA-256 up to `full_below` bytes, else size, mtime and a hash of 3 sampled MB."
+def file_key(path, full_below: int = 4 << 20, sample: int = 1 << 16) -> str:
+    "Identity of a file's content: its SHA-256 up to `full_below` bytes, else size, mtime and 3 sampled blocks' hash."
     p = Path(path)
     st = p.stat()
-    if st.st_size <= full_below: return file_sha256(p)
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    if st.st_size <= full_below: return file_sha256(p)  # cheap enough to be exact
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())  # a large corpus: thousands of such files per run
     with open(p, "rb") as f:
-        for off in (0, st.st_size // 2, st.st_size - (1 << 20)):
+        for off in (0, st.st_size // 2, st.st_size - sample):
             f.seek(off)
-            h.update(f.read(1 << 20))
+            h.update(f.read(sample))
     return "sampled:" + h.hexdigest()
 
 def path_key(path) -> str:
