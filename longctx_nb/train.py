@@ -248,7 +248,9 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     out_dir = Path(out_dir); done = read_json(out_dir / "train_log.json")
     if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
     final = out_dir  # a finished model of other settings or data stays in place until this run has finished too
-    if done and done.get("finished"): out_dir = out_dir.with_name(f".{out_dir.name}.partial")
+    if done and done.get("finished"):
+        out_dir = out_dir.with_name(f".{out_dir.name}.partial")
+        if _is_main(): print(f"{final.name}: trained with other settings, start or data; retraining beside it")
     if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run (settings, start or data changed): never resume them
     check_parallel(cfg, model, evaluating=eval_dataset is not None)
