@@ -17,8 +17,8 @@ from .sources import paul_graham_essays
 __all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'STORY_PROMPT',
            'CHAT_SYSTEM', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
            'context_lengths', 'load_haystack', 'sentence_start_before', 'build_context', 'normalize', 'contains',
-           'exact', 'word_recall', 'keys_found', 'judge_messages', 'grid_cells', 'cell_key', 'read_results', 'run_grid',
-           'plot_heatmap', 'plot_heatmaps']
+           'exact', 'word_recall', 'keys_found', 'answer_recall', 'judge_messages', 'grid_cells', 'cell_key',
+           'read_results', 'run_grid', 'plot_heatmap', 'plot_heatmaps']
 
 # %% ../nbs/07_needle.ipynb
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -153,6 +153,12 @@ def word_recall(pred: str, ref: str) -> float:
 def keys_found(pred: str, keys: list[str]) -> float:
     "Share of `keys` (normalised) inside the prediction: multi-needle and passkey `contains`."
     return sum(normalize(k) in normalize(pred) for k in keys) / len(keys)
+
+def answer_recall(pred: str, variant: str, key: int = 0) -> float:
+    "Share of the answer's words that the question does not already hold, found in the prediction."
+    sp = variant_spec(variant, key)
+    words = set(normalize(sp["answer"]).split()) - set(normalize(sp["question"]).split())
+    return len(words & set(normalize(pred).split())) / len(words) if words else 0.0
 
 JUDGE_PROMPT = ("You are judging a retrieval answer against the reference. Score 1 to 10: 1 means completely "
                 "unrelated to the reference, 3 means minor relevance but not aligned, 5 means moderately relevant with "
