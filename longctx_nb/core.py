@@ -11,9 +11,11 @@ from typing import Any, Iterator
 import yaml
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'PROFILES_DIR', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
-           'atomic_path', 'write_text', 'write_json', 'read_json', 'seed_everything', 'stable_hash', 'stable_uniform',
-           'file_sha256', 'load_profile', 'parse_override', 'resolve_parameters', 'RunDir', 'save_figure', 'plot_theme',
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'domain_name', 'cache_dir',
+           'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json', 'read_json', 'replacing_dir',
+           'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform',
+           'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters',
+           'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
            'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
@@ -56,9 +58,18 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     os.close(fd); tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists(): os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs follow the user's umask
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def _umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+UMASK = _umask()
 
 def write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."
@@ -74,6 +85,94 @@ def read_json(path, default=None):
     path = Path(path)
     if not path.exists(): return default
     return json.loads(path.read_text(encoding="utf-8"))
+
+# %% ../nbs/00_core.ipynb
+@contextlib.contextmanager
+def replacing_dir(dest) -> Iterator[Path]:
+    "Yield an empty folder beside `dest` to build in; swap it onto `dest` only if the block succeeds."
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".new", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)
+    try:
+        yield tmp
+        swap_dir(tmp, dest)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
+
+def swap_dir(new, dest) -> Path:
+    "Put the finished folder `new` at `dest`, then remove what was there (never the other way round)."
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists(): os.replace(dest, old)
+    os.replace(new, dest)
+    if old.exists(): shutil.rmtree(old)
+    return dest
+
+class JsonlRecords(list):
+    "Records read from a JSONL file; `unreadable` counts bad lines, `torn` is a partial last line (bytes) if any."
+    unreadable: int = 0
+    first_bad: int | None = None
+    torn: bytes = b""
+
+def read_jsonl(path, strict: bool = False) -> JsonlRecords:
+    "Records of a JSONL file (none if missing); `strict` raises when lines other than a torn last one are unreadable."
+    path, out = Path(path), JsonlRecords()
+    if not path.exists(): return out
+    lines = path.read_bytes().split(b"\n")
+    last = lines.pop()  # b"" when the file ends with a newline
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out.unreadable += 1
+            out.first_bad = out.first_bad or i
+    if last.strip():
+        try: out.append(json.loads(last))
+        except (json.JSONDecodeError, UnicodeDecodeError): out.torn = last
+    if strict and out.unreadable:
+        raise ValueError(f"{path}: {out.unreadable} unreadable line(s), the first at line {out.first_bad}; "
+                         "repair or remove them (results are not complete)")
+    return out
+
+def _repair_tail(f, path: Path) -> None:
+    "Before appending: end a complete last record with a newline, or move a torn one to `<name>.torn`."
+    size = f.seek(0, os.SEEK_END)
+    if size == 0: return
+    f.seek(size - 1)
+    if f.read(1) == b"\n": return
+    pos = size
+    while pos > 0:  # find the start of the last line
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        k = f.read(step).rfind(b"\n")
+        pos -= step
+        if k >= 0:
+            pos += k + 1
+            break
+    f.seek(pos)
+    tail = f.read()
+    try: json.loads(tail)
+    except (json.JSONDecodeError, UnicodeDecodeError): pass
+    else:
+        f.write(b"\n")
+        return
+    torn = path.with_name(path.name + ".torn")
+    with open(torn, "ab") as t: t.write(tail + b"\n")
+    f.truncate(pos)
+    print(f"{path}: a torn last line ({len(tail)} bytes) was moved to {torn.name} before appending", file=sys.stderr)
+
+def append_jsonl(path, records) -> Path:
+    "Append `records` as JSON lines to `path`, first repairing a torn last line; flushed to disk before returning."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "a+b") as f:
+        _repair_tail(f, path)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int) -> None:
@@ -102,6 +201,30 @@ def file_sha256(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
     return h.hexdigest()
 
+def file_key(path, full_below: int = 4 << 20, sample: int = 1 << 16) -> str:
+    "Identity of a file's content: its SHA-256 up to `full_below` bytes, else size, mtime and 3 sampled blocks' hash."
+    p = Path(path)
+    st = p.stat()
+    if st.st_size <= full_below: return file_sha256(p)  # cheap enough to be exact
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())  # a large corpus: thousands of such files per run
+    with open(p, "rb") as f:
+        for off in (0, st.st_size // 2, st.st_size - sample):
+            f.seek(off)
+            h.update(f.read(sample))
+    return "sampled:" + h.hexdigest()
+
+def path_key(path) -> str:
+    "Identity of a file's or a folder's content (names relative to the folder, so the same data anywhere agrees)."
+    p = Path(path).expanduser()
+    if p.is_file(): return file_key(p)
+    files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+    return stable_key([(q.relative_to(p).as_posix(), file_key(q)) for q in files])
+
+def stable_key(*parts) -> str:
+    "A short hex key of JSON-able `parts` (dict keys sorted), the same on every machine."
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 # %% ../nbs/00_core.ipynb
 PROFILES_DIR = package_dir() / "profiles"
 
@@ -114,7 +237,8 @@ def load_profile(profile: str | Path | dict = "cpu") -> dict:
         if not p.exists():
             names = sorted(q.stem for q in PROFILES_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"profile {profile!r} not found: not a file and not one of {names}")
-        prof, src = yaml.safe_load(p.read_text()) or {}, str(p)
+        try: prof, src = yaml.safe_load(p.read_text()) or {}, str(p)
+        except yaml.YAMLError as e: raise ValueError(f"{p}: not a valid profile: {_one_line(e)}") from None
     if not isinstance(prof, dict): raise ValueError(f"{src}: a profile must be a mapping, got {type(prof).__name__}")
     stages = prof.get("stages", {}) or {}
     if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
@@ -134,7 +258,12 @@ def parse_override(s: str) -> tuple[str | None, str, Any]:
     if "=" not in s: raise ValueError(f"override {s!r} is not key=value")
     k, v = s.split("=", 1)
     stage, _, key = k.rpartition(".")
-    return (stage.zfill(2) if stage else None), key.strip(), yaml.safe_load(v)
+    try: val = yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
+    return (stage.zfill(2) if stage else None), key.strip(), val
+
+def _one_line(e) -> str: return " ".join(str(e).split())
 
 def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -> dict[str, dict]:
     "Per-stage parameters from a loaded profile and overrides; `declared` maps stage -> its parameters cell."
@@ -154,6 +283,78 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
                            f"the stage declares {sorted(declared[stage])}")
         out[stage].update(vals)
     return out
+
+# %% ../nbs/00_core.ipynb
+_STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
+PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
+    "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
+    "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
+           "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"]},
+           "vocab_size": {"min": 258}, "tokenizer_train_chars": {"min": 1}, "thresholds": {"each": int, "min": 1},
+           "max_docs": {"type": (int, None), "min": 1}},
+    "02": {"strategies": {"choices": _STRATEGIES}, "token_budget": {"min": 1}, "threshold": {"min": 1},
+           "target_long_share": {"min": 0, "max": 1}, "seq_len": {"min": 2}, "shard_seqs": {"min": 1}},
+    "03": {"method": {"choices": ["abf", "linear", "dynamic", "yarn", "llama3"]}, "base_seq_len": {"min": 2},
+           "base_rope_theta": {"min": 1}, "strategies": {"choices": _STRATEGIES}, "eval_len": {"min": 2},
+           "eval_docs": {"min": 1}, "eval_batch": {"min": 1}},
+    "05": {"loss_on": {"choices": ["assistant", "all"]}, "max_len": {"min": 2}, "n_long": {"min": 0},
+           "n_short": {"min": 0}, "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1},
+           "packs_per_batch": {"min": 1}, "epochs": {"min": 1},
+           "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
+    "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
+           "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
+           "model": {"type": (str, None)}},
+    "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
+           "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
+           "batch_size": {"min": 1},
+           "scorers": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
+           "heatmap_score": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
+           "judge": {"type": (str, dict, None)}},
+    "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
+           "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
+           "judge": {"type": (str, dict)}, "judge_retries": {"min": 0}},
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping", type(None): "null"}
+
+def param_rule(stage: str, key: str, default) -> dict:
+    "The rule a parameter's value must meet: `type`, and optionally `min`, `max`, `choices`, `each` (list items)."
+    rule = {**PARAM_RULES["*"].get(key, {}), **PARAM_RULES.get(stage, {}).get(key, {})}
+    if "type" not in rule and default is not None: rule["type"] = float if type(default) is float else type(default)
+    return rule
+
+def _is(v, t) -> bool:
+    if t is None or t is type(None): return v is None
+    if t is float: return type(v) in (int, float)
+    if t is int: return type(v) is int
+    return isinstance(v, t)
+
+def check_parameter(stage: str, key: str, value, default=None) -> str | None:
+    "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is)."
+    rule = param_rule(stage, key, default)
+    types = rule.get("type")
+    types = types if isinstance(types, tuple) else (types,) if types is not None else ()
+    bad = f"stage {stage}: {key}={value!r}"
+    if types and not any(_is(value, t) for t in types):
+        return f"{bad} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; expected " + \
+               " or ".join(_TYPE_NAMES.get(t if t is not None else type(None), str(t)) for t in types)
+    if value is None: return None
+    items = value if isinstance(value, list) else [value]
+    if "each" in rule and not all(_is(x, rule["each"]) for x in items):
+        return f"{bad}: every item must be {_TYPE_NAMES[rule['each']]}"
+    if "choices" in rule and not isinstance(value, dict) and any(x not in rule["choices"] for x in items):
+        unknown = [x for x in items if x not in rule["choices"]][0]
+        return f"{bad}: unknown {unknown!r}; expected one of {rule['choices']}"
+    nums = [x for x in items if type(x) in (int, float)]
+    if "min" in rule and any(x < rule["min"] for x in nums): return f"{bad}: must be at least {rule['min']}"
+    if "max" in rule and any(x > rule["max"] for x in nums): return f"{bad}: must be at most {rule['max']}"
+    return None
+
+def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> None:
+    "Raise `ValueError` listing every resolved parameter whose value does not meet its rule (before any work)."
+    errs = [e for s, vals in resolved.items() for k, v in vals.items() if k != "run_dir"
+            if (e := check_parameter(s, k, v, declared.get(s, {}).get(k)))]
+    if errs: raise ValueError("; ".join(errs))
 
 # %% ../nbs/00_core.ipynb
 class RunDir:

@@ -5,6 +5,7 @@
 # %% ../nbs/00b_corpus.ipynb 2
 from __future__ import annotations
 import glob, gzip, io, json, warnings
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .core import (DOMAINS, SLIMPAJAMA_MIX, SHORT, domain_name, stable_uniform, atomic_path, write_json,
-                             read_json, file_sha256, stable_hash)
+                             read_json, file_sha256, stable_hash, replacing_dir, file_key, stable_key)
 
 # %% auto 0
 __all__ = ['CORPUS_SUFFIXES', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog', 'record_to_doc', 'iter_jsonl',
-           'iter_parquet', 'iter_hf', 'corpus_files', 'iter_docs', 'doc_record', 'write_shards', 'build_sample_corpus']
+           'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs', 'doc_record', 'write_shards',
+           'split_validation', 'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -60,28 +62,77 @@ def record_to_doc(rec, where: str, on_error="raise", log: ErrorLog | None = None
     return Doc(text, dom, meta, where)
 
 # %% ../nbs/00b_corpus.ipynb
-def _open_lines(path: Path) -> Iterator[bytes]:
+class _Truncated(Exception):
+    "A compressed file ended mid-stream; `args[0]` is the bytes of the partial last record that were read."
+
+def _zst_blocks(f) -> Iterator[bytes]:
+    "Decompressed blocks of a (multi-frame) zstd stream; `EOFError` when it ends inside a frame."
+    import zstandard
+    dctx = zstandard.ZstdDecompressor()
+    d, fed = dctx.decompressobj(), False
+    for block in iter(lambda: f.read(1 << 20), b""):
+        while block:
+            out, fed = d.decompress(block), True
+            if out: yield out
+            block = b""
+            if d.eof: block, d, fed = d.unused_data, dctx.decompressobj(), False
+    if fed and not d.eof: raise EOFError("zstd stream ended inside a frame")
+
+def _split_lines(blocks) -> Iterator[bytes]:
+    rest = []
+    for b in blocks:
+        parts = b.split(b"\n")
+        if len(parts) == 1:
+            rest.append(b)
+            continue
+        yield b"".join(rest) + parts[0] + b"\n"
+        yield from (p + b"\n" for p in parts[1:-1])
+        rest = [parts[-1]] if parts[-1] else []
+    if rest: yield b"".join(rest)
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
     if path.name.endswith(".zst"):
-        import zstandard
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
-            yield from io.BufferedReader(r, 1 << 20)
+        with open(path, "rb") as f: yield from _split_lines(_zst_blocks(f))
     elif path.suffix == ".gz":
         with gzip.open(path, "rb") as f: yield from f
     else:
         with open(path, "rb") as f: yield from f
 
+def _open_lines(path: Path) -> Iterator[bytes]:
+    "Lines of a plain or compressed file; `_Truncated` (the partial record held back) when a compressed one ends early."
+    held = []  # one line of lookahead; popped when yielded, so a huge line is not kept alive here
+    try:
+        for line in _raw_lines(path):
+            if held: yield held.pop()
+            held.append(line)
+            del line
+    except EOFError:
+        if held and held[0].endswith(b"\n"): yield held.pop()
+        raise _Truncated(len(held[0]) if held else 0) from None
+    if held: yield held.pop()
+
 def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file."
-    path = Path(path); n = 0
-    for i, raw in enumerate(_open_lines(path), 1):
-        where = f"{path}:{i}"
-        if not raw.strip(): continue
-        n += 1
-        try: line = raw.decode("utf-8")
-        except UnicodeDecodeError as e: _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}"); continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError as e: _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})"); continue
-        if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
+    path, n, i = Path(path), 0, 0
+    try:
+        for i, raw in enumerate(_open_lines(path), 1):
+            where = f"{path}:{i}"
+            if not raw.strip(): continue
+            n += 1
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _bad(on_error, log, "not-utf8", where, f"invalid UTF-8 byte at column {e.start + 1}")
+                continue
+            try: rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                _bad(on_error, log, "bad-json", where, e.msg + f" (column {e.colno})")
+                continue
+            del raw, line  # a huge document is held once (as its text), not three times, while it is used
+            if (d := record_to_doc(rec, where, on_error, log)) is not None: yield d
+    except _Truncated as e:
+        _bad(on_error, log, "truncated", f"{path}:{i + 1}", f"the compressed file ends early: {i} line(s) read, "
+             f"the record at line {i + 1} ({e.args[0]} bytes read) and everything after it are lost")
+        return
     if n == 0: _bad(on_error, log, "empty-file", f"{path}:0", "file has no records")
 
 def iter_parquet(path, on_error="raise", log: ErrorLog | None = None, batch_size: int = 256) -> Iterator[Doc]:
@@ -120,6 +171,11 @@ def corpus_files(spec) -> list[Path]:
             out += hits
     return sorted(set(out))
 
+def corpus_key(spec) -> str:
+    "Identity of a corpus' content (files by name and `file_key`); `hf:` datasets by name."
+    if isinstance(spec, str) and spec.startswith("hf:"): return stable_key(spec)
+    return stable_key([(p.name, file_key(p)) for p in corpus_files(spec)])
+
 def iter_docs(spec, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from files/folders/globs, or from `hf:<name>[:<split>]`."
     if isinstance(spec, str) and spec.startswith("hf:"):
@@ -146,6 +202,58 @@ def write_shards(records: Iterable[dict], out_dir, prefix: str, max_bytes: int =
         buf.append(b); size += len(b)
     if buf: flush()
     return paths
+
+# %% ../nbs/00b_corpus.ipynb
+def _doc_hash(seed, d: Doc, i: int) -> int: return stable_hash(seed, "val", d.domain, i, stable_hash(d.text))
+
+def split_validation(spec, out_dir, seed: int = 0, fraction: float = 0.05, on_error="raise",
+                     shard_bytes: int = 16 << 20, log: ErrorLog | None = None) -> dict:
+    "Hold out `fraction` of each domain's documents (at least one where a domain has two) as a seeded validation split."
+    out_dir = Path(out_dir)
+    key = stable_key(corpus_key(spec), seed, fraction, on_error, shard_bytes)
+    old = read_json(out_dir / "manifest.json")
+    if old and old.get("key") == key: return old
+    if old: print(f"{out_dir.name}: split from other data or settings; splitting again")
+    hashes = defaultdict(lambda: array("Q"))  # pass 1: 8 bytes per document, not its text
+    for d in iter_docs(spec, on_error, log): hashes[d.domain].append(_doc_hash(seed, d, len(hashes[d.domain])))
+    if not any(len(h) >= 2 for h in hashes.values()):
+        raise ValueError(f"{spec}: no domain has two or more documents, so no validation split can be held out; "
+                         "pass validation=FILE (SlimPajama-schema shards)")
+    cut = {}
+    for dom, h in hashes.items():
+        k = max(1, round(fraction * len(h))) if len(h) >= 2 else 0
+        cut[dom] = sorted(h)[k - 1] if k else -1
+    counts, seen = {dom: [0, 0] for dom in hashes}, Counter()
+    with replacing_dir(out_dir) as tmp:  # pass 2: every document to one split, streamed
+        w = {s: _Shards(tmp / s, shard_bytes) for s in ("train", "validation")}
+        for d in iter_docs(spec, on_error):
+            is_val = _doc_hash(seed, d, seen[d.domain]) <= cut[d.domain]
+            seen[d.domain] += 1
+            rec = {"text": d.text, "meta": {**d.meta, "redpajama_set_name": d.domain}}
+            w["validation" if is_val else "train"].add(SHORT[d.domain], rec)
+            counts[d.domain][is_val] += 1
+        for x in w.values(): x.close()
+        manifest = {"key": key, "from": str(spec), "seed": seed, "fraction": fraction,
+                    "docs": {dom: {"train": c[0], "validation": c[1]} for dom, c in counts.items()}}
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+class _Shards:
+    "Records appended to `prefix-00000.jsonl`, ... per prefix under `out_dir`, each at most about `max_bytes`."
+    def __init__(self, out_dir: Path, max_bytes: int):
+        self.dir, self.max, self.open = Path(out_dir), max_bytes, {}
+        self.dir.mkdir(parents=True, exist_ok=True)
+    def add(self, prefix: str, rec: dict):
+        b = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        f, n, k = self.open.get(prefix, (None, 0, -1))
+        if f is None or (n and n + len(b) > self.max):
+            if f: f.close()
+            k, n = k + 1, 0
+            f = open(self.dir / f"{prefix}-{k:05d}.jsonl", "wb")
+        f.write(b)
+        self.open[prefix] = (f, n + len(b), k)
+    def close(self):
+        for f, _, _ in self.open.values(): f.close()
 
 # %% ../nbs/00b_corpus.ipynb
 LENGTH_BANDS_CHARS = (16_384, 200_000)  # about 4K and 50K tokens: short, long and very long documents
@@ -184,6 +292,9 @@ def build_sample_corpus(out_dir, seed: int = 0, mixture="slimpajama", val_chars:
               "sources": [s.name for s in srcs], "shard_bytes": shard_bytes}
     old = read_json(out_dir / "manifest.json")
     if old and old.get("config") == config and not force: return old
+    if old:
+        changed = [k for k in config if old.get("config", {}).get(k) != config[k]] or ["--force"]
+        print(f"{out_dir.name}: built with other settings ({', '.join(changed)}); rebuilding it")
     by_dom, seen, report = defaultdict(list), set(), {}
     for s in tqdm(srcs, desc="sources"):
         try: docs = list(s.documents())
@@ -206,19 +317,18 @@ def build_sample_corpus(out_dir, seed: int = 0, mixture="slimpajama", val_chars:
         train[d] = pool
     budgets = _mixture_budgets(train, mixture)
     train = {d: _take(docs, budgets[d], seed, "mix")[0] for d, docs in train.items()}
-    for split, parts in (("train", train), ("validation", val)):
-        if (out_dir / split).exists():
-            for p in (out_dir / split).glob("*.jsonl"): p.unlink()
-        for d in DOMAINS:
-            docs = sorted(parts.get(d, []), key=lambda x: stable_hash(seed, "order", x[0]))
-            src = lambda i: i.split(":", 1)
-            write_shards((doc_record(t, d, source=src(i)[0], id=src(i)[1]) for i, t in docs),
-                         out_dir / split, SHORT[d], shard_bytes)
     stats = {split: {d: {"docs": len(parts.get(d, [])), "chars": sum(len(t) for _, t in parts.get(d, [])),
                          "max_chars": max((len(t) for _, t in parts.get(d, [])), default=0)} for d in DOMAINS}
              for split, parts in (("train", train), ("validation", val))}
-    files = {p.relative_to(out_dir).as_posix(): file_sha256(p) for p in sorted(out_dir.glob("*/*.jsonl"))}
-    manifest = {"config": config, "sources": report, "stats": stats, "files": files,
-                "skipped_sources": [k for k, v in report.items() if v["status"] != "ok"]}
-    write_json(out_dir / "manifest.json", manifest)
+    with replacing_dir(out_dir) as tmp:  # the old corpus stays in place until the new one is complete
+        for split, parts in (("train", train), ("validation", val)):
+            for d in DOMAINS:
+                docs = sorted(parts.get(d, []), key=lambda x: stable_hash(seed, "order", x[0]))
+                src = lambda i: i.split(":", 1)
+                write_shards((doc_record(t, d, source=src(i)[0], id=src(i)[1]) for i, t in docs),
+                             tmp / split, SHORT[d], shard_bytes)
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.glob("*/*.jsonl"))}
+        manifest = {"config": config, "sources": report, "stats": stats, "files": files,
+                    "skipped_sources": [k for k, v in report.items() if v["status"] != "ok"]}
+        write_json(tmp / "manifest.json", manifest)
     return manifest

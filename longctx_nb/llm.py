@@ -5,6 +5,7 @@
 # %% ../nbs/00f_llm.ipynb 2
 from __future__ import annotations
 import copy, hashlib, json, os, re, threading, time, urllib.error, urllib.request
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -15,15 +16,15 @@ from fastcore.basics import patch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .chat import ensure_chat_template
-from .core import read_json
+from .core import append_jsonl, read_json, read_jsonl  # one JSONL reader and torn-proof appender
 from .models import apply_rope, resolve_model
 from .tokenizer import load_tokenizer
 
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'read_jsonl', 'EndpointError', 'OpenAIClient',
-           'EndpointGenerator', 'generator_from_spec', 'parse_score', 'overlap_score', 'LoopbackJudge', 'HFChatClient',
+__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'EndpointError', 'OpenAIClient', 'EndpointGenerator',
+           'generator_from_spec', 'parse_score', 'rouge1_f', 'overlap_score', 'LoopbackJudge', 'HFChatClient',
            'judge_from_spec']
 
 # %% ../nbs/00f_llm.ipynb
@@ -97,7 +98,9 @@ def prefill_batch(self: HFGenerator, ids: list[list[int]]):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     _sync()
     t = time.perf_counter()
-    out = self.model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    full = bool(mask.all())  # no padding: let attention take its causal fast path instead of an explicit mask
+    out = self.model(input_ids=x, attention_mask=None if full else mask, position_ids=pos, use_cache=True,
+                     logits_to_keep=1)
     _sync()
     self.stats["prefill_s"] += time.perf_counter() - t
     self.stats["prefill_tokens"] += int(mask.sum())
@@ -159,16 +162,6 @@ def prefill_reusing(self: HFGenerator, ids: list[int]):
     return out.logits[:, -1], out.past_key_values, mask, mask.cumsum(-1) - 1
 
 # %% ../nbs/00f_llm.ipynb
-def read_jsonl(path) -> list[dict]:
-    "The records of a JSONL file (none if it is missing); unreadable lines, such as a torn last one, are skipped."
-    out = []
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError: continue
-    return out
-
-# %% ../nbs/00f_llm.ipynb
 class EndpointError(RuntimeError):
     "An OpenAI-compatible endpoint failed for good (after retries, or with a client error)."
 
@@ -224,9 +217,7 @@ class OpenAIClient:
         except (KeyError, IndexError, TypeError): raise EndpointError(f"{self._url()} sent no message: {self._scrub(str(r)[:300])}") from None
         with self._lock:
             self._cache[key] = resp
-            if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a", encoding="utf-8") as f: f.write(json.dumps({"key": key, "response": resp}) + "\n")
+            if self.cache_path: append_jsonl(self.cache_path, [{"key": key, "response": resp}])
         return {**resp, "cached": False}
 
 class EndpointGenerator:
@@ -262,8 +253,9 @@ def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 
     tok = spec.get("tokenizer") or tokenizer
     if not tok and m.provenance["source"] in ("run", "local") and not Path(m.path, "tokenizer.json").exists():
         tok = read_json(run_root / "data.json", {}).get("tokenizer")
-    gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size), max_new_tokens=max_new_tokens,
-                      rope=spec.get("rope"), reuse_prefix=spec.get("reuse_prefix", False))
+    gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size),
+                      max_new_tokens=spec.get("max_new_tokens", max_new_tokens), rope=spec.get("rope"),
+                      reuse_prefix=spec.get("reuse_prefix", False))
     gen.provenance = {**m.provenance, **({"rope": spec["rope"]} if spec.get("rope") else {})}
     return gen
 
@@ -283,17 +275,22 @@ def _between(text: str, tags) -> str | None:
     return text[a + len(tags[0]):b].strip() if a >= 0 and b >= 0 else None
 
 # %% ../nbs/00f_llm.ipynb
-def _words(s: str) -> list[str]: return re.findall(r"\w+", (s or "").lower())
+def _words(s: str) -> list[str]:
+    "Lower-cased word tokens."
+    return re.findall(r"\w+", (s or "").lower())
+
+def rouge1_f(pred: str, ref: str) -> float:
+    "ROUGE-1 F1 on lower-cased word tokens (no stemming): the suite's one overlap measure."
+    p, r = _words(pred), _words(ref)
+    common = sum((Counter(p) & Counter(r)).values())
+    if not common:
+        return 0.0
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
 
 def overlap_score(reference: str, answer: str) -> int:
     "1–10 from ROUGE-1 F between `answer` and `reference` (the stand-in judge's rule)."
-    r, a = _words(reference), _words(answer)
-    if not r or not a: return 1
-    from collections import Counter
-    common = sum((Counter(r) & Counter(a)).values())
-    if not common: return 1
-    p, rec = common / len(a), common / len(r)
-    return 1 + round(9 * 2 * p * rec / (p + rec))
+    return 1 + round(9 * rouge1_f(answer, reference))
 
 class LoopbackJudge:
     "An OpenAI-compatible stand-in judge on 127.0.0.1 (a context manager; `url`, `requests`)."
@@ -361,9 +358,7 @@ class HFChatClient:
         resp = {"content": text, "usage": usage}
         self._cache[key] = resp
         if self.cache_path:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "response": resp}) + "\n")
+            append_jsonl(self.cache_path, [{"key": key, "response": resp}])
         return {**resp, "cached": False}
 
 def judge_from_spec(spec, cache, run_root=None):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from .chat import sentences
-from .core import RunDir, read_json, write_json, save_figure, stable_hash, atomic_path
+from .core import RunDir, read_json, write_json, save_figure, stable_hash, atomic_path, append_jsonl, read_jsonl
 from .corpus import Doc
-from .llm import OpenAIClient, parse_score, read_jsonl, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, parse_score, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
 from .sources import paul_graham_essays
 
 # %% auto 0
@@ -162,7 +162,7 @@ def fill_positional(template: str, case: dict, prediction: str, shots: list[dict
 
 # %% ../nbs/08_longbench_chat.ipynb
 def _done(path) -> dict:
-    return {r["idx"]: r for r in read_jsonl(path) if "idx" in r}
+    return {r["idx"]: r for r in read_jsonl(path, strict=True) if "idx" in r}
 
 def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int = 4) -> list[dict]:
     "Predictions for `cases` (resuming from `out_path`)."
@@ -172,9 +172,9 @@ def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int =
     for i in tqdm(range(0, len(todo), batch_size), desc="generate", disable=not todo):
         b = todo[i:i + batch_size]
         outs = gen.generate([case_prompt(gen.tok, c, max_length) for c in b])
-        with open(out_path, "a", encoding="utf-8") as f:
-            for c, o in zip(b, outs):
-                r = {"idx": c["idx"], "lang": c["lang"], "prediction": o}; done[c["idx"]] = r; f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        rs = [{"idx": c["idx"], "lang": c["lang"], "prediction": o} for c, o in zip(b, outs)]
+        append_jsonl(out_path, rs)
+        done.update((r["idx"], r) for r in rs)
     return [done[c["idx"]] for c in cases]
 
 def judge_all(client, cases, preds, out_path, shots: dict | None = None, retries: int = 3, template: str | None = None,
@@ -186,7 +186,7 @@ def judge_all(client, cases, preds, out_path, shots: dict | None = None, retries
         if c["idx"] in done: continue
         j = judge_case(client, c, pred[c["idx"]]["prediction"], (shots or {}).get(c["idx"]), retries, template, system)
         r = {"idx": c["idx"], "lang": c["lang"], **j}; done[c["idx"]] = r
-        with open(out_path, "a", encoding="utf-8") as f: f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        append_jsonl(out_path, [r])
     return [done[c["idx"]] for c in cases]
 
 def summarize(judgments: list[dict]) -> dict:

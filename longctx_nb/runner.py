@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_runner.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, os, shutil, sys, time, traceback
+import argparse, contextlib, glob, hashlib, json, os, shutil, socket, sys, time, traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,11 +12,13 @@ import nbformat
 from tqdm.auto import tqdm
 
 from .core import (RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
-                             write_json, read_json, atomic_path)
+                             write_json, read_json, atomic_path, check_parameters, path_key)
+from .corpus import corpus_key
 from .models import model_main
 
 # %% auto 0
-__all__ = ['PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint',
+__all__ = ['STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash',
+           'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete', 'check_upstream',
            'kernel_config', 'write_provenance', 'StageFailed', 'run', 'publish_figures', 'main']
 
 # %% ../nbs/00d_runner.ipynb
@@ -70,10 +72,77 @@ def notebook_code_hash(nb_path) -> str:
     nb = nbformat.read(nb_path, as_version=4)
     return hashlib.sha256("\x1e".join(c.source for c in nb.cells if c.cell_type == "code").encode()).hexdigest()[:16]
 
-def fingerprint(params: dict, code_hash: str, upstream: list) -> str:
-    "Identity of a stage's work: its parameters, its code and what it was fed."
-    blob = json.dumps({"p": params, "code": code_hash, "up": upstream}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def fingerprint(params: dict, code_hash: str, upstream: list, inputs: dict | None = None) -> str:
+    "Identity of a stage's work: its parameters, its code, what it was fed and the content of the files it names."
+    blob = {"p": params, "code": code_hash, "up": upstream, **({"in": inputs} if inputs else {})}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def input_keys(params: dict) -> dict:
+    "Content keys (`path_key`) of the files, folders and globs a stage's parameters name, e.g. a user corpus."
+    out = {}
+    for k, v in params.items():
+        if k == "run_dir" or not isinstance(v, str) or not v.strip() or v.startswith("hf:"): continue
+        p = Path(v).expanduser()
+        if p.exists(): out[k] = path_key(p)
+        elif any(c in v for c in "*?[") and glob.glob(str(p), recursive=True): out[k] = corpus_key(v)
+    return out
+
+# %% ../nbs/00d_runner.ipynb
+class RunLocked(RuntimeError):
+    "Another `longctx run` is using this run folder."
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+@contextlib.contextmanager
+def run_lock(root):
+    "Hold `root/.longctx.lock` during one run; a live holder makes this refuse, a dead one's lock is taken over."
+    lock = Path(root) / ".longctx.lock"
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": since}
+    for attempt in range(2):
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try: holder = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError): holder = {}
+            pid = holder.get("pid")
+            stale = (holder.get("host") == me["host"] and isinstance(pid, int) and not _alive(pid)) or \
+                    (not holder and time.time() - lock.stat().st_mtime > 60)  # a lock never written: its writer died
+            if stale and attempt == 0:
+                tqdm.write(f"{lock}: taking over a stale lock (pid {pid} on {holder.get('host')} is not running)")
+                lock.unlink(missing_ok=True)
+                continue
+            raise RunLocked(f"{root} is in use by another longctx run (pid {pid} on {holder.get('host')}, since "
+                            f"{holder.get('started')}); wait for it, or delete {lock} if that run is gone") from None
+        with os.fdopen(fd, "w") as f: json.dump(me, f)
+        break
+    try: yield lock
+    finally:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            if json.loads(lock.read_text()) == me: lock.unlink()
+
+STAGE_INPUTS = {  # stage -> {stage it reads from: the parameter that can point it elsewhere (None: always read)}
+    "02": {"01": None}, "03": {"01": None, "02": None}, "05": {"01": None, "03": "model"},
+    "06": {"01": None, "02": None}, "07": {"01": None, "03": "models", "05": "models"},
+    "08": {"01": None, "05": "models"}}
+
+class UpstreamIncomplete(RuntimeError):
+    "A stage would read the outputs of a stage that did not complete."
+
+def check_upstream(all_: dict, chosen: dict, params: dict, man: dict) -> None:
+    "Refuse (naming it) when a chosen stage reads from a stage that is neither run now nor completed in this folder."
+    for sid in chosen:
+        for up, via in STAGE_INPUTS.get(sid, {}).items():
+            if up not in all_ or up in chosen: continue  # run now, in order: a failure there stops the run
+            if via and "models/" not in json.dumps(params[sid].get(via), default=str): continue  # pointed elsewhere
+            st = man["stages"].get(all_[up].stem, {}).get("status")
+            if st != "completed":
+                why = "never ran here" if st is None else f"did not complete (status: {st})"
+                raise UpstreamIncomplete(f"stage {all_[sid].stem} reads the outputs of {all_[up].stem}, which {why}; "
+                                         f"run stage {up} first (e.g. --stages {up},{sid})")
 
 # %% ../nbs/00d_runner.ipynb
 PROVENANCE = "provenance.json"
@@ -106,14 +175,23 @@ def _cell_error(e) -> str:
 def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool = False, publish: bool = False,
         nbs=None, kernel: str | None = None, progress: bool = True, log_output: bool = False) -> dict:
     "Run the selected stages of the pipeline into `run_dir`; returns the run manifest."
-    import papermill as pm
     prof = load_profile(profile); all_ = stage_notebooks(nbs); chosen = select_stages(all_, stages)
     declared = {s: stage_parameters(p) for s, p in all_.items()}
     for s, d in declared.items():
         if "run_dir" not in d: raise ValueError(f"{all_[s]}: the parameters cell must declare run_dir")
     resolved = resolve_parameters(prof, {s: declared[s] for s in chosen}, params)
-    rd = RunDir(run_dir); mpath = rd.path("manifest.json")
+    check_parameters(resolved, declared)  # types, ranges and choices: a bad value stops the run before any work
+    rd = RunDir(run_dir)
+    with run_lock(rd.root):  # one run per folder
+        return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
+                           log_output)
+
+def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
+                log_output) -> dict:
+    import papermill as pm
+    mpath = rd.path("manifest.json")
     man = read_json(mpath, {"stages": {}, "runs": []})
+    check_upstream(all_, chosen, {s: {**declared[s], **resolved[s]} for s in chosen}, man)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     this = {"started": started, "profile": prof["source"], "overrides": list(params), "stages": list(chosen),
             "git_commit": git_commit(), "versions": package_versions()}
@@ -124,7 +202,8 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
         p = {**resolved[sid], "run_dir": str(rd.root)}
         earlier = [all_[e].stem for e in all_ if e < sid]  # chained through the manifest, selected now or not
         upstream = [man["stages"].get(n, {}).get("fingerprint") for n in earlier]
-        fp = fingerprint({k: v for k, v in p.items() if k != "run_dir"}, notebook_code_hash(nb), upstream)
+        own = {k: v for k, v in p.items() if k != "run_dir"}
+        fp = fingerprint(own, notebook_code_hash(nb), upstream, input_keys(p))
         prev = man["stages"].get(name, {})
         if prev.get("status") == "completed" and prev.get("fingerprint") == fp and not force:
             tqdm.write(f"{name}: completed earlier with the same parameters, skipped (--force redoes it)")
@@ -166,6 +245,19 @@ def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
     return out
 
 # %% ../nbs/00d_runner.ipynb
+def _error_line(e) -> str:
+    "What went wrong, for the terminal: a stage's error as it is, anything else on one line."
+    if isinstance(e, StageFailed): return str(e)
+    if isinstance(e, OSError) and e.filename: msg = f"{e.strerror}: {e.filename}"
+    else: msg = e.args[0] if e.args else repr(e)
+    return " ".join(str(msg).split())
+
+def _log_traceback(run_dir) -> None:
+    "Append the current exception's traceback to the run folder's `runner.log`, where that folder can be written."
+    with contextlib.suppress(OSError):
+        with open(Path(run_dir) / "runner.log", "a", encoding="utf-8") as f:
+            f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n{traceback.format_exc()}")
+
 def main(argv=None):
     "Entry point of the `longctx` command."
     ap = argparse.ArgumentParser(prog="longctx", description="Run the longctx_nb stage notebooks.")
@@ -192,7 +284,13 @@ def main(argv=None):
     run_dir = a.run_dir or f"runs/{Path(a.profile).stem}"
     try:
         man = run(a.profile, a.stages, run_dir, a.param, a.force, a.publish, log_output=a.log_output)
-    except (StageFailed, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"longctx run: {e.args[0] if e.args else e}", file=sys.stderr); return 1
+    except (StageFailed, KeyError, ValueError, OSError, RunLocked, UpstreamIncomplete) as e:
+        print(f"longctx run: {_error_line(e)}", file=sys.stderr)
+        _log_traceback(run_dir)
+        return 1
     print(f"run folder: {Path(run_dir).resolve()}")
     return 0
+
+# %% ../nbs/00d_runner.ipynb
+#| eval: false
+if __name__ == "__main__": sys.exit(main())  # `python -m longctx_nb.runner` works like `longctx`

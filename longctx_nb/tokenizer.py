@@ -5,18 +5,21 @@
 # %% ../nbs/00c_tokenizer.ipynb 2
 from __future__ import annotations
 from pathlib import Path
-from typing import Iterable, Sequence
+from array import array
+from collections import Counter, defaultdict
+from typing import Iterable, Iterator, Sequence
 
-from .core import atomic_path, write_json, read_json
+from .core import atomic_path, write_json, read_json, replacing_dir
 
 # %% auto 0
-__all__ = ['SPECIALS', 'train_bpe', 'sample_texts', 'load_tokenizer', 'token_counts']
+__all__ = ['SPECIALS', 'SLICE_CHARS', 'train_bpe', 'sample_texts', 'load_tokenizer', 'text_slices', 'encode_pieces',
+           'token_counts']
 
 # %% ../nbs/00c_tokenizer.ipynb
 SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 
-def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequency: int = 2):
-    "Train a byte-level BPE on `texts`, save it to `out_dir` as a HF tokenizer folder, and return it."
+def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequency: int = 2, key: str | None = None):
+    "Train a byte-level BPE on `texts`, save it to `out_dir` as a HF tokenizer folder (with `key`), and return it."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
@@ -27,23 +30,33 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequen
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1 << 30, **SPECIALS)
-    out_dir = Path(out_dir); tmp = out_dir.with_name(out_dir.name + ".tmp")
-    fast.save_pretrained(tmp)
-    if out_dir.exists(): import shutil; shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with replacing_dir(out_dir) as tmp:  # the old tokenizer stays until the new one is saved
+        fast.save_pretrained(tmp)
+        if key is not None: write_json(tmp / "longctx_key.json", {"key": key})
     return fast
 
 def sample_texts(docs, max_chars: int, chunk: int = 4096):
-    "Up to `max_chars` of text taken round-robin over domains, in pieces of at most `chunk` characters."
-    by_dom = {}
-    for d in docs: by_dom.setdefault(d.domain, []).append(d.text)
-    pieces = {k: (t[i:i + chunk] for t in v for i in range(0, len(t), chunk)) for k, v in sorted(by_dom.items())}
-    n = 0
-    while pieces and n < max_chars:
-        for k in list(pieces):
-            p = next(pieces[k], None)
-            if p is None: del pieces[k]; continue
-            n += len(p); yield p
+    "Up to `max_chars` of text, domains taking turns, in pieces of at most `chunk` chars (a callable `docs` streams)."
+    again = docs if callable(docs) else (lambda d=list(docs): iter(d))  # pass `lambda: iter_docs(...)`: nothing is held
+    lens, cum = defaultdict(lambda: array("q")), Counter()
+    for d in again():  # pass 1: piece lengths per domain, as far as the budget can reach
+        if cum[d.domain] >= max_chars: continue
+        for i in range(0, len(d.text), chunk):
+            lens[d.domain].append(min(chunk, len(d.text) - i))
+            cum[d.domain] += lens[d.domain][-1]
+            if cum[d.domain] >= max_chars: break
+    take, n, r = dict.fromkeys(sorted(lens), 0), 0, 0
+    while n < max_chars and any(r < len(lens[k]) for k in take):  # the rounds: one piece per domain each
+        for k in take:
+            if r < len(lens[k]):
+                n += lens[k][r]
+                take[k] += 1
+        r += 1
+    for d in again():  # pass 2: those pieces, streamed (the trained BPE does not depend on their order)
+        for i in range(0, len(d.text), chunk):
+            if take.get(d.domain, 0) <= 0: break
+            take[d.domain] -= 1
+            yield d.text[i:i + chunk]
 
 def load_tokenizer(path):
     "Load a tokenizer from a local folder or HF path."
@@ -51,9 +64,36 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(str(path))
 
 # %% ../nbs/00c_tokenizer.ipynb
-def token_counts(tok, texts: Sequence[str]) -> list[int]:
-    "Number of tokens in each text (no special tokens added)."
-    if not texts: return []
+SLICE_CHARS = 1 << 20  # long documents are encoded in pieces of about this many characters (bounded memory)
+
+def text_slices(text: str, size: int = SLICE_CHARS) -> Iterator[str]:
+    "Yield `text` in pieces of at most `size` characters, each cut before a space that starts a word (same BPE tokens)."
+    i, n = 0, len(text)
+    while n - i > size:
+        lo, j = i + size // 2, text.rfind(" ", i + size // 2, i + size)
+        while j > lo and text[j + 1].isspace(): j = text.rfind(" ", lo, j)
+        if j <= lo: j = i + size  # no word boundary in the window: cut anyway
+        yield text[i:j]
+        i = j
+    yield text[i:]
+
+def encode_pieces(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS, batch_chars: int = 4 << 20):
+    "Yield `(text index, token ids)` piece by piece: long texts in slices, batches of at most `batch_chars` characters."
     rust = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None) or tok
     enc = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
-    return [len(e.ids) for e in enc(list(texts), add_special_tokens=False)]
+    batch, owner, size = [], [], 0
+    for k, t in enumerate(texts):
+        for p in text_slices(t, slice_chars):
+            batch.append(p)
+            owner.append(k)
+            size += len(p)
+            if size >= batch_chars:
+                yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False)))
+                batch, owner, size = [], [], 0
+    if batch: yield from zip(owner, (e.ids for e in enc(batch, add_special_tokens=False)))
+
+def token_counts(tok, texts: Sequence[str], slice_chars: int = SLICE_CHARS) -> list[int]:
+    "Number of tokens in each text (no special tokens added); long texts are counted slice by slice."
+    out = [0] * len(texts)
+    for k, ids in encode_pieces(tok, texts, slice_chars): out[k] += len(ids)
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import write_json, read_json, save_figure
+from .core import write_json, read_json, save_figure, swap_dir
 
 # %% auto 0
 __all__ = ['attn_implementation', 'tiny_llama', 'load_model', 'ChunkView', 'TrainConfig', 'steps_for', 'last_checkpoint',
@@ -247,6 +247,10 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     key = run_key(cfg, seq_len, len(dataset), init, data)  # `init`: what the weights start from; `data`: which data
     out_dir = Path(out_dir); done = read_json(out_dir / "train_log.json")
     if done and done.get("finished") and done.get("key") == key: return done  # finished earlier, same run
+    final = out_dir  # a finished model of other settings or data stays in place until this run has finished too
+    if done and done.get("finished"):
+        out_dir = out_dir.with_name(f".{out_dir.name}.partial")
+        if _is_main(): print(f"{final.name}: trained with other settings, start or data; retraining beside it")
     if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run (settings, start or data changed): never resume them
     check_parallel(cfg, model, evaluating=eval_dataset is not None)
@@ -287,7 +291,9 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
            "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
            "history": trainer.state.log_history, "finished": True}
-    if _is_main(): write_json(out_dir / "train_log.json", log)
+    if _is_main():
+        write_json(out_dir / "train_log.json", log)
+        if out_dir != final: swap_dir(out_dir, final)
     return log
 
 # %% ../nbs/00e_train.ipynb

@@ -14,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .core import (DOMAINS, SHORT, RunDir, domain_name, stable_hash, write_json, read_json, save_figure,
-                             file_sha256, atomic_path)
-from .corpus import iter_docs, corpus_files, ErrorLog
-from .tokenizer import load_tokenizer
+                             file_sha256, atomic_path, replacing_dir, swap_dir, path_key, stable_key)
+from .corpus import iter_docs, corpus_files, ErrorLog, corpus_key
+from .tokenizer import load_tokenizer, encode_pieces
 
 # %% auto 0
 __all__ = ['DOC_DTYPE', 'TokenStore', 'build_token_store', 'domain_profile', 'strategy_targets', 'plan_sample', 'realised',
@@ -35,19 +35,23 @@ def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64):
     stem = Path(path).name.replace(".", "_")
     if (out_dir / f"{stem}.docs.npy").exists(): return {}
     log, docs, off, batch = ErrorLog(), [], 0, []
-    rust = tok.backend_tokenizer
     with atomic_path(out_dir / f"{stem}.bin") as tb, open(tb, "wb") as f:
         def flush():
             nonlocal off
-            for d, e in zip(batch, rust.encode_batch_fast([d.text for d in batch], add_special_tokens=False)):
-                ids = np.asarray(e.ids, dtype=dt); f.write(ids.tobytes())
-                docs.append((off, len(ids), DOMAINS.index(d.domain))); off += len(ids)
+            lens = [0] * len(batch)
+            for k, ids in encode_pieces(tok, [d.text for d in batch]):  # long documents slice by slice
+                f.write(np.asarray(ids, dtype=dt).tobytes())
+                lens[k] += len(ids)
+            for d, n in zip(batch, lens):
+                docs.append((off, n, DOMAINS.index(d.domain)))
+                off += n
             batch.clear()
         for d in iter_docs(path, on_error, log):
             batch.append(d)
             if len(batch) >= batch_docs: flush()
         flush(); f.flush()
-        with atomic_path(out_dir / f"{stem}.docs.npy", suffix=".npy") as td: np.save(td, np.array(docs, dtype=DOC_DTYPE))
+    # the done-marker comes last: it is written only once the `.bin` it describes is in place
+    with atomic_path(out_dir / f"{stem}.docs.npy", suffix=".npy") as td: np.save(td, np.array(docs, dtype=DOC_DTYPE))
     return dict(log.counts)
 
 class TokenStore:
@@ -71,11 +75,17 @@ def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", pro
     "Tokenize every document of a corpus (files/folders/globs) into a `TokenStore` at `out_dir` (resumable)."
     out_dir = Path(out_dir); files = corpus_files(spec)
     tok = load_tokenizer(tok_path)
+    tok_key = path_key(tok_path) if Path(tok_path).is_dir() else str(tok_path)
     meta = {"source": [str(f) for f in files], "tokenizer": str(tok_path), "dtype": np.dtype(_id_dtype(len(tok))).name,
-            "eos_id": tok.eos_token_id, "vocab_size": len(tok), "parts": [f.name.replace(".", "_") for f in files]}
+            "eos_id": tok.eos_token_id, "vocab_size": len(tok), "parts": [f.name.replace(".", "_") for f in files],
+            "key": stable_key(corpus_key(files), tok_key, on_error)}  # what the tokens depend on, not where it lies
     old = read_json(out_dir / "meta.json")
-    if old and {k: old.get(k) for k in meta} == meta: return TokenStore(out_dir)
+    if old and old.get("key") == meta["key"] and old.get("parts") == meta["parts"]: return TokenStore(out_dir)
+    if old: print(f"{out_dir.name}: token store built from other data or another tokenizer; rebuilding it")
+    final, out_dir = out_dir, (out_dir if old is None else out_dir.with_name(f".{out_dir.name}.partial"))
+    if read_json(out_dir / "key.json", {}).get("key") != meta["key"] and out_dir.exists(): shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True); errors = defaultdict(int)
+    write_json(out_dir / "key.json", {"key": meta["key"]})  # parts already here are reused only under this key
     if num_proc > 1:
         import multiprocessing as mp
         from longctx_nb import upsample as _self
@@ -89,7 +99,8 @@ def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", pro
     st_docs = [np.load(out_dir / f"{p}.docs.npy") for p in meta["parts"]]
     meta.update(n_docs=int(sum(len(d) for d in st_docs)), n_tokens=int(sum(d["length"].sum() for d in st_docs)), errors=dict(errors))
     write_json(out_dir / "meta.json", meta)
-    return TokenStore(out_dir)
+    if out_dir != final: swap_dir(out_dir, final)  # the previous store stayed readable until now
+    return TokenStore(final)
 
 # %% ../nbs/02_upsample.ipynb
 def domain_profile(store: TokenStore, threshold: int) -> dict:
@@ -160,11 +171,10 @@ def realised(store: TokenStore, plan, threshold: int) -> dict:
 def write_sequences(store: TokenStore, plan, out_dir, seq_len: int, shard_seqs: int = 256, seed: int = 0,
                     eos_id: int | None = None, progress=True) -> dict:
     "Shuffle `plan`, join its documents with EOS, cut into `seq_len` sequences, write shards; returns the index."
-    out_dir = Path(out_dir)
-    if out_dir.exists(): shutil.rmtree(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with replacing_dir(out_dir) as tmp:  # built beside the old sequences, swapped in only when complete
+        return _write_sequences(store, plan, tmp, seq_len, shard_seqs, seed, eos_id, progress)
+
+def _write_sequences(store, plan, tmp: Path, seq_len, shard_seqs, seed, eos_id, progress) -> dict:
     eos = store.meta["eos_id"] if eos_id is None else eos_id; dt = np.dtype(store.meta["dtype"])
     order = sorted(range(len(plan)), key=lambda k: stable_hash(seed, "order", k))
     buf, starts, shards, pos, rows_done = [], [], [], 0, 0
@@ -195,7 +205,6 @@ def write_sequences(store: TokenStore, plan, out_dir, seq_len: int, shard_seqs: 
     index = {"seq_len": seq_len, "dtype": dt.name, "eos_id": int(eos), "n_seqs": rows_done, "tokens": rows_done * seq_len,
              "dropped_tail_tokens": int(len(tail)), "plan_docs": len(plan), "shards": shards}
     write_json(tmp / "index.json", index)
-    tmp.rename(out_dir)
     return index
 
 class SequenceDataset:

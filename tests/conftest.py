@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LONGCTX = str(Path(sys.executable).parent / "longctx")
+LONGCTX = [sys.executable, "-m", "longctx_nb.runner"]  # as `longctx`, and it honours PYTHONPATH
 
 
 def longctx(*args, check=True, **kw):
     "Run the `longctx` command; return the CompletedProcess (stdout and stderr captured as text)."
-    r = subprocess.run([LONGCTX, *args], capture_output=True, text=True, cwd=ROOT, **kw)
+    r = subprocess.run([*LONGCTX, *args], capture_output=True, text=True, cwd=ROOT, **kw)
     if check and r.returncode:
         raise AssertionError(f"longctx {' '.join(args)} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r

@@ -162,10 +162,10 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
         assert len(read_results(cpu_run / "07_needle" / "results" / f"{name}.jsonl")) == n
         assert m7["speed"][name]["cells_per_s"] > 0
     figs = {p.name for p in (cpu_run / "07_needle" / "figures").glob("*.png")}
-    assert {"needle_per_source_single.png", "needle_sft-packing_single.png", "needle_smollm2_passkey.png"} <= figs
+    assert {"needle_per_source_single.png", "needle_sft-packing_single.png", "needle_smollm2_single.png"} <= figs
     cells = pd.read_csv(cpu_run / "07_needle" / "tables" / "cells.csv")
     smol = cells[cells.model == "smollm2"]
-    assert smol[smol.length <= 8192].contains.mean() == 1.0, "the real model finds the passkey inside its window"
+    assert smol[smol.length == 2048].answer_recall.iloc[0] >= 0.8, "the real model finds the needle inside its window"
     assert m7["speed"]["smollm2"]["reused_token_share"] > 0.1 and m7["speed"]["smollm2-dynamic2"]["reused_token_share"] == 0
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
     assert src["smollm2"]["source"] == "registry" and src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final"}

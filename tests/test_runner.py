@@ -1,10 +1,10 @@
 """The runner end to end on the cpu profile: outputs, manifest, skip/force, failures, resume, bad input."""
-import json, time
+import json, subprocess, time
 from pathlib import Path
 
-import nbformat, pytest
+import nbformat, psutil, pytest
 
-from conftest import longctx, manifest
+from conftest import ROOT, LONGCTX, longctx, manifest
 from longctx_nb.core import SLIMPAJAMA_MIX, SHORT
 from longctx_nb.runner import run, StageFailed
 
@@ -91,9 +91,17 @@ def test_failing_stage_stops_the_run_and_names_the_cell(tmp_path):
 
 def test_crash_after_the_data_step_resumes_without_rebuilding(tmp_path):
     rd = tmp_path / "run"
-    # thresholds must be numbers: the stage builds corpus and tokenizer, then fails in the statistics
-    r = longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", "01.thresholds=[x]", check=False)
-    assert r.returncode == 1 and "stage 01_mixture failed" in r.stderr
+    # killed (runner and kernel) once corpus and tokenizer are built: its lock is stale, stage 02 may not start
+    p = subprocess.Popen([*LONGCTX, "run", "--run-dir", str(rd), "--stages", "01"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key, t0 = rd / "tokenizer" / "longctx_key.json", time.time()
+    while not key.exists() and p.poll() is None and time.time() - t0 < 900: time.sleep(0.2)
+    for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]: q.kill()
+    p.wait()
+    assert key.exists() and (rd / ".longctx.lock").exists()
+    r = longctx("run", "--run-dir", str(rd), "--stages", "02", check=False)  # the dead run's lock is taken over
+    assert r.returncode == 1 and "taking over a stale lock" in r.stdout + r.stderr
+    assert "reads the outputs of 01_mixture, which did not complete (status: running)" in r.stderr
     built = {p: p.stat().st_mtime_ns for p in [rd / "corpus" / "manifest.json", rd / "tokenizer" / "tokenizer.json"]}
     longctx("run", "--run-dir", str(rd), "--stages", "01")
     assert {p: p.stat().st_mtime_ns for p in built} == built, "corpus and tokenizer were rebuilt"
