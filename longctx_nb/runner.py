@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 from .core import (RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
                              write_json, read_json, atomic_path, check_parameters, path_key)
 from .corpus import corpus_key
-from .models import model_main
+from .models import RUN_MODELS, model_main
 
 # %% auto 0
-__all__ = ['STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash',
-           'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete', 'check_upstream',
-           'kernel_config', 'write_provenance', 'StageFailed', 'run', 'publish_figures', 'main']
+__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
+           'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete',
+           'check_upstream', 'kernel_config', 'write_provenance', 'StageFailed', 'run', 'publish_figures', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
@@ -124,10 +124,13 @@ def run_lock(root):
         with contextlib.suppress(OSError, json.JSONDecodeError):
             if json.loads(lock.read_text()) == me: lock.unlink()
 
-STAGE_INPUTS = {  # stage -> {stage it reads from: the parameter that can point it elsewhere (None: always read)}
-    "02": {"01": None}, "03": {"01": None, "02": None}, "05": {"01": None, "03": "model"},
-    "06": {"01": None, "02": None}, "07": {"01": None, "03": "models", "05": "models"},
-    "08": {"01": None, "05": "models"}}
+RUN_CORPUS = "corpus:"  # how a parameter names the run's corpus (models.RUN_MODELS: a run-folder model)
+STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter: marker}: only when a value holds it}
+    "02": {"01": None}, "03": {"01": None, "02": None}, "05": {"01": None, "03": {"model": RUN_MODELS}},
+    "06": {"01": None, "02": None},
+    "07": {"01": {"models": RUN_MODELS, "haystack": RUN_CORPUS}, "03": {"models": RUN_MODELS},
+           "05": {"models": RUN_MODELS}},
+    "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}  # 08's fixture: the corpus if any, else the essays
 
 class UpstreamIncomplete(RuntimeError):
     "A stage would read the outputs of a stage that did not complete."
@@ -137,7 +140,8 @@ def check_upstream(all_: dict, chosen: dict, params: dict, man: dict) -> None:
     for sid in chosen:
         for up, via in STAGE_INPUTS.get(sid, {}).items():
             if up not in all_ or up in chosen: continue  # run now, in order: a failure there stops the run
-            if via and "models/" not in json.dumps(params[sid].get(via), default=str): continue  # pointed elsewhere
+            if via and not any(mark in json.dumps(params[sid].get(p), default=str) for p, mark in via.items()):
+                continue  # its parameters point elsewhere: a registry model, an HF id, a file
             st = man["stages"].get(all_[up].stem, {}).get("status")
             if st != "completed":
                 why = "never ran here" if st is None else f"did not complete (status: {st})"
