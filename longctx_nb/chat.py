@@ -6,8 +6,10 @@
 from __future__ import annotations
 import re
 
+from .core import stable_hash
+
 # %% auto 0
-__all__ = ['DEFAULT_CHAT_TEMPLATE', 'ensure_chat_template', 'encode_chat', 'sentences']
+__all__ = ['DEFAULT_CHAT_TEMPLATE', 'ensure_chat_template', 'encode_chat', 'sentences', 'short_chats']
 
 # %% ../nbs/00h_chat.ipynb
 DEFAULT_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}### User:\n{{ m['content'] }}\n\n"
@@ -21,8 +23,9 @@ def ensure_chat_template(tok):
         tok.chat_template = DEFAULT_CHAT_TEMPLATE
     return tok
 
-def encode_chat(tok, messages: list[dict], loss_on: str = "assistant", max_len: int | None = None) -> dict:
-    "Token ids and labels (-100 where not trained) of a conversation."
+def encode_chat(tok, messages: list[dict], loss_on: str = "assistant", max_len: int | None = None,
+                loss_all_above: int | None = None) -> dict:
+    "Token ids and labels (-100 where not trained) of a conversation, cut to `max_len` tokens last."
     text = tok.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
@@ -40,8 +43,9 @@ def encode_chat(tok, messages: list[dict], loss_on: str = "assistant", max_len: 
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [-100] * len(ids)
+    every = loss_on == "all" or (loss_all_above is not None and len(ids) > loss_all_above)  # judged before any cut
     for k, (a, b) in enumerate(enc["offset_mapping"]):
-        if loss_on == "all" or any(a >= s and b <= e and b > a for s, e in spans):
+        if every or any(a >= s and b <= e and b > a for s, e in spans):
             labels[k] = ids[k]
     if max_len:
         ids, labels = ids[:max_len], labels[:max_len]
@@ -52,3 +56,17 @@ def sentences(t: str) -> list[str]:
     "The quotable sentences of `t` (20-300 characters, on one line)."
     parts = (s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", t))
     return [s for s in parts if 20 <= len(s) <= 300 and "\n" not in s]
+
+# %% ../nbs/00h_chat.ipynb
+def short_chats(docs, n: int, seed: int = 0) -> list[dict]:
+    "Up to `n` short chat samples `{messages, task, source}` from Q&A documents (`Q: ... A: ...`)."
+    out = []
+    for d in sorted(docs, key=lambda d: stable_hash(seed, "chat", d.meta.get("id", d.origin))):
+        if len(out) >= n:
+            break
+        m = re.match(r"Q: (.+?)\n\nA: (.+)", d.text, re.S)
+        if m and len(m.group(2)) < 3000:
+            q, a = m.group(1).strip(), m.group(2).strip()
+            msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            out.append({"messages": msgs, "task": "short_chat", "source": d.meta.get("id", d.origin)})
+    return out

@@ -11,12 +11,12 @@ from typing import Any, Iterator
 import yaml
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'domain_name', 'cache_dir',
-           'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json', 'read_json', 'replacing_dir',
-           'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform',
-           'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters',
-           'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
-           'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'SFT_LONG', 'SFT_MIX', 'domain_name',
+           'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json', 'read_json',
+           'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
+           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
+           'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure',
+           'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -355,6 +355,10 @@ def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> No
     errs = [e for s, vals in resolved.items() for k, v in vals.items() if k != "run_dir"
             if (e := check_parameter(s, k, v, declared.get(s, {}).get(k)))]
     if errs: raise ValueError("; ".join(errs))
+
+# %% ../nbs/00_core.ipynb
+SFT_LONG = "sft/long.jsonl"  # stage 04's synthesized long instruction records, read by 05 and (to avoid them) 08
+SFT_MIX = "sft/mix.jsonl"    # stage 04's SFT mix of long and short records, which stage 05 trains on
 
 # %% ../nbs/00_core.ipynb
 class RunDir:

@@ -4,28 +4,31 @@
 
 # %% ../nbs/00f_llm.ipynb 2
 from __future__ import annotations
-import copy, hashlib, json, os, re, threading, time, urllib.error, urllib.request
+import copy, hashlib, json, os, re, threading, time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import openai
 import torch
 from fastcore.basics import patch
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .chat import ensure_chat_template
-from .core import append_jsonl, read_json, read_jsonl  # one JSONL reader and torn-proof appender
+from .core import append_jsonl, read_json, read_jsonl, stable_hash  # one JSONL reader, torn-proof appender
 from .models import apply_rope, resolve_model
 from .tokenizer import load_tokenizer
 
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'EndpointError', 'OpenAIClient', 'EndpointGenerator',
-           'generator_from_spec', 'parse_score', 'rouge1_f', 'overlap_score', 'LoopbackJudge', 'HFChatClient',
-           'judge_from_spec']
+__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'pick_tokens', 'EndpointError', 'new_usage', 'ResponseCache',
+           'tally', 'OpenAIClient', 'EndpointGenerator', 'generator_from_spec', 'parse_score', 'rouge1_f',
+           'overlap_score', 'LoopbackJudge', 'HFChatClient', 'client_from_spec']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
@@ -71,18 +74,27 @@ class HFGenerator:
         text = self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts: list, max_new_tokens: int | None = None) -> list[str]:
-        "Greedy completions of `prompts`, in order."
+    def generate(self, prompts: list, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 seed: int = 0) -> list[str]:
+        "Completions of `prompts`, in order: greedy, or sampled at `temperature` from a generator seeded by `seed`."
         ids = [self.encode(p) for p in prompts]
         n = max_new_tokens or self.max_new_tokens
+        rng = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         if self.reuse_prefix:
-            return [self._decode(*self.prefill_reusing(x), n)[0] for x in ids]
+            return [self._decode(*self.prefill_reusing(x), n, temperature, rng)[0] for x in ids]
         out = []
         for i in range(0, len(ids), self.batch_size):
-            out += self._decode(*self.prefill_batch(ids[i:i + self.batch_size]), n)
+            out += self._decode(*self.prefill_batch(ids[i:i + self.batch_size]), n, temperature, rng)
         return out
 
 # %% ../nbs/00f_llm.ipynb
+def pick_tokens(logits: torch.Tensor, temperature: float = 0.0, rng: torch.Generator | None = None) -> torch.Tensor:
+    "The next token of each row: the most likely one, or one drawn at `temperature`."
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    return torch.multinomial(probs, 1, generator=rng)[:, 0]
+
 @patch
 @torch.no_grad()
 def prefill_batch(self: HFGenerator, ids: list[list[int]]):
@@ -108,10 +120,11 @@ def prefill_batch(self: HFGenerator, ids: list[list[int]]):
 
 @patch
 @torch.no_grad()
-def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int) -> list[str]:
-    "Greedy decoding from the prompts' last logits and cache."
+def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int, temperature: float = 0.0,
+            rng: torch.Generator | None = None) -> list[str]:
+    "Decoding from the prompts' last logits and cache: greedy, or sampled when `temperature` > 0."
     eos, B = self.tok.eos_token_id, logits.shape[0]
-    nxt = logits.argmax(-1)
+    nxt = pick_tokens(logits, temperature, rng)
     gen = [nxt]
     done = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
     t = time.perf_counter()
@@ -121,7 +134,7 @@ def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int) -> list[st
         mask = torch.cat([mask, mask.new_ones((B, 1))], 1)
         pos = pos[:, -1:] + 1
         out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+        past, nxt = out.past_key_values, pick_tokens(out.logits[:, -1], temperature, rng)
         gen.append(nxt)
         if eos is not None:
             done |= nxt == eos
@@ -163,63 +176,123 @@ def prefill_reusing(self: HFGenerator, ids: list[int]):
 
 # %% ../nbs/00f_llm.ipynb
 class EndpointError(RuntimeError):
-    "An OpenAI-compatible endpoint failed for good (after retries, or with a client error)."
+    "An OpenAI-compatible endpoint failed for good (after the SDK's retries, or with a client error)."
 
+def new_usage() -> dict:
+    "Counters a chat client keeps: requests sent, answers from the cache, tokens in and out."
+    return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+class ResponseCache:
+    "Responses keyed by a hash of (model, messages, parameters): in memory, and appended to a JSONL file at once."
+    def __init__(self, path=None):
+        self.path = Path(path) if path else None
+        rows = read_jsonl(self.path) if self.path else []
+        self._rows = {r["key"]: r["response"] for r in rows if "key" in r and "response" in r}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model: str, messages: list[dict], params: dict, salt: str = "") -> str:
+        "The key of one request; `salt` separates a deliberate re-ask (the API key is never part of it)."
+        blob = json.dumps({"model": model, "messages": messages, **params}, sort_keys=True) + salt
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        "The cached response for `key`, or None."
+        with self._lock:
+            return self._rows.get(key)
+
+    def put(self, key: str, response: dict) -> None:
+        "Keep `response`; with a file, append it now, so a crash loses at most the requests in flight."
+        with self._lock:
+            self._rows[key] = response
+            if self.path:
+                append_jsonl(self.path, [{"key": key, "response": response}])
+
+def tally(usage: dict, resp: dict) -> dict:
+    "Add one response to `usage` (cached answers count apart: they cost nothing); returns `resp`."
+    if resp["cached"]:
+        usage["cached"] += 1
+        return resp
+    usage["requests"] += 1
+    for k in ("prompt_tokens", "completion_tokens"):
+        usage[k] += int(resp["usage"].get(k) or 0)
+    return resp
+
+# %% ../nbs/00f_llm.ipynb
 class OpenAIClient:
-    "Chat completions from an OpenAI-compatible server with retries, backoff and an optional response cache."
+    "Chat completions from an OpenAI-compatible server through the `openai` SDK, with a response cache."
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", cache=None,
-                 max_retries: int = 5, backoff: float = 1.0, timeout: float = 120.0, **params):
+                 max_retries: int = 5, timeout: float = 120.0, concurrency: int = 8, temperature: float = 0.0,
+                 max_tokens: int = 256, **params):
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
-        self.max_retries, self.backoff, self.timeout, self.params = max_retries, backoff, timeout, params
-        self.cache_path = Path(cache) if cache else None; self._cache = {}; self._lock = threading.Lock()
-        self.calls = 0  # requests actually sent (cache hits excluded)
-        if self.cache_path:
-            self._cache = {r["key"]: r["response"] for r in read_jsonl(self.cache_path) if "key" in r and "response" in r}
-    def __repr__(self): return f"OpenAIClient({self.base_url!r}, model={self.model!r}, key from ${self.api_key_env})"
+        self.max_retries, self.concurrency = max_retries, concurrency
+        self.params = {"temperature": temperature, "max_tokens": max_tokens, **params}  # sent with every request
+        self.cache, self.usage = ResponseCache(cache), new_usage()
+        # the key is read from the environment at each request: never stored here, never written
+        self._sdk = openai.OpenAI(base_url=self._base(), api_key=self._key, timeout=timeout, max_retries=max_retries)
 
-    def _url(self) -> str:
-        return self.base_url + ("/chat/completions" if self.base_url.endswith("/v1") else "/v1/chat/completions")
+    def __repr__(self):
+        return f"OpenAIClient({self.base_url!r}, model={self.model!r}, key from ${self.api_key_env})"
+
+    @property
+    def cache_path(self) -> Path | None:
+        return self.cache.path
+
+    @property
+    def calls(self) -> int:
+        "Requests sent (cache hits excluded; the SDK's retries of one request count once)."
+        return self.usage["requests"]
+
+    def _base(self) -> str:
+        return self.base_url if self.base_url.endswith("/v1") else self.base_url + "/v1"
+
+    def _key(self) -> str:
+        return (os.environ.get(self.api_key_env) if self.api_key_env else None) or "none"
+
     def _scrub(self, s: str) -> str:
         k = os.environ.get(self.api_key_env or "", "")
         return s.replace(k, "***") if k else s
 
-    def _post(self, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key: headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode()
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff * 2 ** attempt
-            try:
-                self.calls += 1
-                req = urllib.request.Request(self._url(), data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as r: return json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                msg = self._scrub(e.read().decode("utf-8", "replace")[:500])
-                if e.code != 429 and e.code < 500:
-                    raise EndpointError(f"{self._url()} answered {e.code}: {msg}") from None
-                ra = e.headers.get("Retry-After") if e.headers else None
-                if ra and ra.replace(".", "", 1).isdigit(): wait = max(wait, float(ra))
-                last = f"{e.code}: {msg}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
-                last = self._scrub(f"{type(e).__name__}: {e}")
-            if attempt < self.max_retries: time.sleep(wait)
-        raise EndpointError(f"{self._url()} failed after {self.max_retries + 1} attempts; last error {last}")
+# %% ../nbs/00f_llm.ipynb
+@patch
+def _send(self: OpenAIClient, messages: list[dict], params: dict) -> dict:
+    "One request through the SDK (which retries 429s, 5xx, timeouts and dropped connections); errors say what failed."
+    url = self._base() + "/chat/completions"
+    try:
+        r = self._sdk.chat.completions.create(model=self.model, messages=messages, **params)
+    except openai.APIStatusError as e:
+        tries = "" if e.status_code < 500 and e.status_code != 429 else f" after {self.max_retries + 1} attempts"
+        raise EndpointError(f"{url} answered {e.status_code}{tries}: {self._scrub(str(e.message))[:500]}") from None
+    except openai.APIConnectionError as e:  # timeouts included
+        raise EndpointError(f"{url} failed after {self.max_retries + 1} attempts; last error "
+                            f"{type(e).__name__}: {self._scrub(str(e))[:300]}") from None
+    try:
+        content = r.choices[0].message.content or ""
+    except (AttributeError, IndexError, TypeError):
+        raise EndpointError(f"{url} sent no message: {self._scrub(str(r)[:300])}") from None
+    usage = {k: getattr(r.usage, k, 0) or 0 for k in ("prompt_tokens", "completion_tokens")}
+    return {"content": content, "usage": usage}
 
-    def chat(self, messages: list[dict], salt: str = "", **params) -> dict:
-        "`{content, usage, cached}` for `messages`; `salt` makes a distinct cache entry (e.g. a retry of a bad parse)."
-        body = {"model": self.model, "messages": messages, **{"temperature": 0.0, **self.params, **params}}
-        key = hashlib.sha256((json.dumps(body, sort_keys=True) + salt).encode()).hexdigest()
-        with self._lock:
-            if key in self._cache: return {**self._cache[key], "cached": True}
-        r = self._post(body)
-        try: resp = {"content": r["choices"][0]["message"]["content"] or "", "usage": r.get("usage", {})}
-        except (KeyError, IndexError, TypeError): raise EndpointError(f"{self._url()} sent no message: {self._scrub(str(r)[:300])}") from None
-        with self._lock:
-            self._cache[key] = resp
-            if self.cache_path: append_jsonl(self.cache_path, [{"key": key, "response": resp}])
-        return {**resp, "cached": False}
+@patch
+def chat(self: OpenAIClient, messages: list[dict], salt: str = "", **params) -> dict:
+    "`{content, usage, cached}` for `messages`; `salt` makes a distinct cache entry (e.g. a re-ask after a bad parse)."
+    p = {**self.params, **params}
+    key = ResponseCache.key(self.model, messages, p, salt)
+    if (hit := self.cache.get(key)) is not None:
+        return tally(self.usage, {**hit, "cached": True})
+    resp = self._send(messages, p)
+    self.cache.put(key, resp)
+    return tally(self.usage, {**resp, "cached": False})
 
+@patch
+def chat_many(self: OpenAIClient, requests: list[list[dict]], salt: str = "", progress: bool = False,
+              **params) -> list[dict]:
+    "`chat` for many requests, at most `concurrency` in flight, answers in order; each is cached as it lands."
+    with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as ex:
+        futs = [ex.submit(self.chat, m, salt, **params) for m in requests]
+        return [f.result() for f in tqdm(futs, desc=self.model, disable=not progress, leave=False)]
+
+# %% ../nbs/00f_llm.ipynb
 class EndpointGenerator:
     "The `HFGenerator` interface over an OpenAI-compatible server (e.g. vLLM serving a large model)."
     def __init__(self, client: OpenAIClient, max_new_tokens: int = 32, tokenizer=None):
@@ -234,11 +307,9 @@ class EndpointGenerator:
                       if getattr(self.tok, "chat_template", None) else "\n".join(m["content"] for m in prompt))
         return self.tok(prompt, add_special_tokens=False)["input_ids"]
     def generate(self, prompts: list, max_new_tokens: int | None = None) -> list[str]:
-        out = []
-        for p in prompts:
-            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
-            out.append(self.client.chat(msgs, max_tokens=max_new_tokens or self.max_new_tokens)["content"].strip())
-        return out
+        msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        out = self.client.chat_many(msgs, max_tokens=max_new_tokens or self.max_new_tokens)
+        return [r["content"].strip() for r in out]
 
 # %% ../nbs/00f_llm.ipynb
 def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, cache=None):
@@ -295,8 +366,8 @@ def overlap_score(reference: str, answer: str) -> int:
 class LoopbackJudge:
     "An OpenAI-compatible stand-in judge on 127.0.0.1 (a context manager; `url`, `requests`)."
     def __init__(self, api_key: str | None = None, fail_first: int = 0, fail_code: int = 500,
-                 respond: Callable[[list[dict]], str] | None = None):
-        self.api_key, self.fail_first, self.fail_code = api_key, fail_first, fail_code
+                 respond: Callable[[list[dict]], str] | None = None, delay: float = 0.0):
+        self.api_key, self.fail_first, self.fail_code, self.delay = api_key, fail_first, fail_code, delay
         self.respond = respond or self.default_respond; self.requests = []; judge = self
         class H(BaseHTTPRequestHandler):
             def log_message(self, *a): pass
@@ -306,9 +377,10 @@ class LoopbackJudge:
                 judge.requests.append({"path": self.path, "body": body, "authorization": auth})
                 if judge.api_key and auth != f"Bearer {judge.api_key}": return self._send(401, {"error": {"message": "bad key"}})
                 if len(judge.requests) <= judge.fail_first:
-                    return self._send(judge.fail_code, {"error": {"message": "try again"}}, {"Retry-After": "0"})
+                    return self._send(judge.fail_code, {"error": {"message": "try again"}}, {"Retry-After-Ms": "10"})
                 if not self.path.rstrip("/").endswith("/chat/completions"): return self._send(404, {"error": {"message": self.path}})
                 text = judge.respond(body.get("messages", []))
+                time.sleep(judge.delay)  # a slow server, for timeout tests
                 self._send(200, {"id": "loopback", "object": "chat.completion", "model": body.get("model"),
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                                  "usage": {"prompt_tokens": sum(len(_words(m.get("content", ""))) for m in body.get("messages", [])),
@@ -337,40 +409,56 @@ class LoopbackJudge:
 
 # %% ../nbs/00f_llm.ipynb
 class HFChatClient:
-    "The `OpenAIClient.chat` interface over a local `HFGenerator`, with a JSONL response cache."
-    def __init__(self, gen: HFGenerator, cache=None, max_tokens: int = 256):
-        self.gen, self.max_tokens, self.model, self.calls = gen, max_tokens, gen.name, 0
-        self.cache_path = Path(cache) if cache else None
-        rows = read_jsonl(self.cache_path) if self.cache_path else []
-        self._cache = {r["key"]: r["response"] for r in rows if "key" in r and "response" in r}
+    "The `OpenAIClient` interface over a local `HFGenerator`: batched, with the same response cache and counters."
+    def __init__(self, gen: HFGenerator, cache=None, max_tokens: int = 256, temperature: float = 0.0):
+        self.gen, self.model = gen, gen.name
+        self.params = {"temperature": temperature, "max_tokens": max_tokens}
+        self.cache, self.usage = ResponseCache(cache), new_usage()
+
+    @property
+    def calls(self) -> int:
+        "Requests generated here (cache hits excluded)."
+        return self.usage["requests"]
 
     def chat(self, messages: list[dict], salt: str = "", **params) -> dict:
-        "`{content, usage, cached}` for `messages`, decoded greedily (`salt` only separates cache entries)."
-        n = params.get("max_tokens", self.max_tokens)
-        key = hashlib.sha256((json.dumps([self.model, messages, n], sort_keys=True) + salt).encode()).hexdigest()
-        if key in self._cache:
-            return {**self._cache[key], "cached": True}
-        self.calls += 1
-        before = dict(self.gen.stats)
-        text = self.gen.generate([messages], n)[0]
-        usage = {"prompt_tokens": self.gen.stats["prefill_tokens"] - before["prefill_tokens"],
-                 "completion_tokens": self.gen.stats["decode_tokens"] - before["decode_tokens"] + 1}
-        resp = {"content": text, "usage": usage}
-        self._cache[key] = resp
-        if self.cache_path:
-            append_jsonl(self.cache_path, [{"key": key, "response": resp}])
-        return {**resp, "cached": False}
+        "`{content, usage, cached}` for `messages` (`salt` separates cache entries and seeds sampling)."
+        return self.chat_many([messages], salt, **params)[0]
 
-def judge_from_spec(spec, cache, run_root=None):
-    "A judge client for a stage's `judge` parameter, and a function that stops what it started."
+@patch
+def chat_many(self: HFChatClient, requests: list[list[dict]], salt: str = "", progress: bool = False,
+              **params) -> list[dict]:
+    "`chat` for many requests: the uncached ones generated in batches of similar length, each cached as it lands."
+    p = {**self.params, **params}
+    keys = [ResponseCache.key(self.model, m, p, salt) for m in requests]
+    out = [None] * len(requests)
+    for i, k in enumerate(keys):
+        if (hit := self.cache.get(k)) is not None:
+            out[i] = tally(self.usage, {**hit, "cached": True})
+    todo = [i for i in range(len(requests)) if out[i] is None]
+    ids = {i: self.gen.encode(requests[i]) for i in todo}
+    todo.sort(key=lambda i: (len(ids[i]), i))  # similar lengths together: little padding
+    bs = self.gen.batch_size
+    for b in tqdm(range(0, len(todo), bs), desc=Path(self.model).name, disable=not progress, leave=False):
+        batch = todo[b:b + bs]
+        seed = stable_hash(keys[batch[0]]) % 2**31  # sampling: the same requests in the same order draw the same text
+        texts = self.gen.generate([requests[i] for i in batch], p["max_tokens"], p["temperature"], seed)
+        for i, text in zip(batch, texts):
+            usage = {"prompt_tokens": len(ids[i]), "completion_tokens": len(self.gen.encode(text)) + 1}
+            self.cache.put(keys[i], {"content": text, "usage": usage})
+            out[i] = tally(self.usage, {"content": text, "usage": usage, "cached": False})
+    return out
+
+def client_from_spec(spec, cache, run_root=None):
+    "A chat client (a judge, a data generator) for a stage parameter, and a function that stops what it started."
     if spec is None:
         return None, lambda: None
     if spec == "loopback":
         server = LoopbackJudge().start()
         return OpenAIClient(server.url, "loopback-judge", api_key_env=None, cache=cache), server.stop
-    if isinstance(spec, dict) and "base_url" in spec:
-        return OpenAIClient(cache=cache, **spec), lambda: None
+    if isinstance(spec, dict) and "base_url" in spec:  # `tokenizer` names the served model's, for sizing texts
+        return OpenAIClient(cache=cache, **{k: v for k, v in spec.items() if k != "tokenizer"}), lambda: None
     if isinstance(spec, dict) and "path" in spec:
-        gen = generator_from_spec(spec, run_root or ".", max_new_tokens=spec.get("max_new_tokens", 256))
-        return HFChatClient(gen, cache=cache, max_tokens=spec.get("max_new_tokens", 256)), lambda: None
-    raise ValueError(f"judge {spec!r}: expected None, 'loopback', {{base_url, model, ...}} or {{path, ...}}")
+        n, t = spec.get("max_new_tokens", 256), spec.get("temperature", 0.0)
+        gen = generator_from_spec(spec, run_root or ".", max_new_tokens=n)
+        return HFChatClient(gen, cache=cache, max_tokens=n, temperature=t), lambda: None
+    raise ValueError(f"chat model {spec!r}: expected None, 'loopback', {{base_url, model, ...}} or {{path, ...}}")

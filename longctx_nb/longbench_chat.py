@@ -4,71 +4,22 @@
 
 # %% ../nbs/08_longbench_chat.ipynb 2
 from __future__ import annotations
-import json, random, re, string, urllib.request
+import json, random, re, string
 from pathlib import Path
 
 import numpy as np
 
 from .chat import sentences
-from .core import RunDir, read_json, write_json, save_figure, stable_hash, atomic_path, append_jsonl, read_jsonl
+from .core import SFT_LONG, RunDir, read_json, write_json, save_figure, stable_hash, append_jsonl, read_jsonl
 from .corpus import Doc
-from .llm import OpenAIClient, parse_score, generator_from_spec, judge_from_spec, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, REF_TAG, ANS_TAG
+from .evalsets import detect_lang, load_cases, load_few_shots, read_json_any
 from .sources import paul_graham_essays
 
 # %% auto 0
-__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'load_cases', 'load_few_shots', 'detect_lang', 'make_fixture', 'essay_docs',
-           'truncate_middle', 'case_prompt', 'judge_prompt', 'judge_case', 'positional_slots', 'load_judge_template',
-           'fill_positional', 'predict', 'judge_all', 'summarize', 'judge_agreement']
-
-# %% ../nbs/08_longbench_chat.ipynb
-def _read_json_any(src, dest_dir=None):
-    "A JSON list (or JSONL) from a path or URL; URLs are saved under `dest_dir` once."
-    s = str(src)
-    if re.match(r"https?://", s):
-        p = Path(dest_dir or ".") / ("download_" + Path(s.split("?")[0]).name)
-        if not p.exists():
-            with urllib.request.urlopen(s, timeout=60) as r, atomic_path(p) as t: t.write_bytes(r.read())
-        s = str(p)
-    p = Path(s).expanduser()
-    if not p.exists(): raise FileNotFoundError(f"{p} not found")
-    text = p.read_text(encoding="utf-8")
-    try: return json.loads(text), p
-    except json.JSONDecodeError:
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise ValueError(f"{p}:{i}: not JSON ({e.msg})") from None
-        return out, p
-
-def load_cases(src, dest_dir=None) -> list[dict]:
-    "LongBench-Chat test cases `{idx, prompt, query, answer}` (plus `lang`: given, or detected)."
-    rows, p = _read_json_any(src, dest_dir)
-    if not isinstance(rows, list) or not rows: raise ValueError(f"{p}: expected a non-empty list of test cases")
-    out = []
-    for i, r in enumerate(rows):
-        miss = [k for k in ("idx", "prompt", "query", "answer") if not isinstance(r, dict) or k not in r]
-        if miss: raise ValueError(f"{p}: test case #{i} lacks {miss}")
-        out.append({**r, "idx": int(r["idx"]), "lang": r.get("lang") or detect_lang(r["prompt"])})
-    if len({c["idx"] for c in out}) != len(out): raise ValueError(f"{p}: duplicate idx")
-    return out
-
-def load_few_shots(src, cases, dest_dir=None) -> dict[int, list[dict]]:
-    "Few-shot examples by case idx: official list position idx-1 holds case idx's three `{answer, score}`."
-    rows, p = _read_json_any(src, dest_dir)
-    out = {}
-    for c in cases:
-        if not 0 < c["idx"] <= len(rows): raise ValueError(f"{p}: no few-shot entry for case idx {c['idx']} ({len(rows)} entries)")
-        ex = rows[c["idx"] - 1]
-        if not isinstance(ex, list) or not all(isinstance(e, dict) and "answer" in e and "score" in e for e in ex):
-            raise ValueError(f"{p}: entry {c['idx'] - 1} is not a list of {{answer, score}}")
-        out[c["idx"]] = ex
-    return out
-
-def detect_lang(text: str) -> str:
-    "'zh' when CJK characters are over 20% of the letters, else 'en'."
-    cjk = len(re.findall(r"[\u4e00-\u9fff]", text)); letters = len(re.findall(r"\w", text))
-    return "zh" if letters and cjk / letters > 0.2 else "en"
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'make_fixture', 'essay_docs', 'truncate_middle', 'case_prompt', 'judge_prompt',
+           'judge_case', 'positional_slots', 'load_judge_template', 'fill_positional', 'predict', 'judge_all',
+           'summarize', 'judge_agreement']
 
 # %% ../nbs/08_longbench_chat.ipynb
 def make_fixture(docs, n: int, out_dir, seed: int = 0, max_chars: int = 12000) -> tuple[Path, Path]:

@@ -10,25 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from .core import RunDir, read_json, write_json, save_figure, stable_hash, cache_dir, append_jsonl, read_jsonl
-from .llm import OpenAIClient, parse_score, generator_from_spec, judge_from_spec, rouge1_f, REF_TAG, ANS_TAG
+from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, rouge1_f, REF_TAG, ANS_TAG
+from .evalsets import NEEDLE, QUESTION, MULTI_NEEDLES, MULTI_QUESTION, PASSKEY_FILLER, PASSKEY_QUESTION
 from .sources import paul_graham_essays
 
 # %% auto 0
-__all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'STORY_PROMPT',
-           'CHAT_SYSTEM', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
+__all__ = ['STORY_PROMPT', 'CHAT_SYSTEM', 'JUDGE_PROMPT', 'render_prompt', 'variant_spec', 'logistic', 'depth_percents',
            'context_lengths', 'load_haystack', 'sentence_start_before', 'build_context', 'normalize', 'contains',
            'exact', 'word_recall', 'keys_found', 'answer_recall', 'judge_messages', 'grid_cells', 'cell_key',
            'read_results', 'run_grid', 'plot_heatmap', 'plot_heatmaps']
 
 # %% ../nbs/07_needle.ipynb
-NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
-QUESTION = "What is the best thing to do in San Francisco?"
-MULTI_NEEDLES = ["Figs are one of the secret ingredients needed to build the perfect pizza.",
-                 "Prosciutto is one of the secret ingredients needed to build the perfect pizza.",
-                 "Goat cheese is one of the secret ingredients needed to build the perfect pizza."]
-MULTI_QUESTION = "What are the secret ingredients needed to build the perfect pizza?"
-PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-PASSKEY_QUESTION = "What is the pass key?"
 STORY_PROMPT = "This is a very long story book: <book> {context} </book>.\nBased on the content of the book, Question: {question}\nAnswer:"
 CHAT_SYSTEM = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import RunDir, read_json, write_json, save_figure, stable_hash, SHORT
-from .chat import ensure_chat_template, encode_chat, sentences
+from .core import SFT_MIX, RunDir, read_json, read_jsonl, write_json, save_figure, SHORT
+from .chat import ensure_chat_template, encode_chat, sentences, short_chats
 from .train import TrainConfig, train_lm, weighted_lm_loss, load_model
 
 # %% auto 0
-__all__ = ['long_tasks', 'short_chats', 'plan_batches', 'real_fraction', 'collate', 'time_epoch', 'plot_efficiency',
-           'zero3_config']
+__all__ = ['long_tasks', 'plan_batches', 'real_fraction', 'collate', 'time_epoch', 'plot_efficiency', 'zero3_config']
 
 # %% ../nbs/05_packing.ipynb
 def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
@@ -42,17 +41,6 @@ def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
             q = f"{ctx}\n\nRepeat, word for word, the paragraph of the text above that begins with \"{' '.join(p.split()[:6])}\"."
             out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": p}],
                         "task": "repeat_paragraph", "source": d.meta.get("id", d.origin)})
-    return out
-
-def short_chats(docs, n: int, seed: int = 0) -> list[dict]:
-    "Short chat samples from Q&A documents (`Q: ... A: ...`)."
-    out = []
-    for d in sorted(docs, key=lambda d: stable_hash(seed, "chat", d.meta.get("id", d.origin))):
-        if len(out) >= n: break
-        m = re.match(r"Q: (.+?)\n\nA: (.+)", d.text, re.S)
-        if m and len(m.group(2)) < 3000:
-            out.append({"messages": [{"role": "user", "content": m.group(1).strip()}, {"role": "assistant", "content": m.group(2).strip()}],
-                        "task": "short_chat", "source": d.meta.get("id", d.origin)})
     return out
 
 # %% ../nbs/05_packing.ipynb
