@@ -60,15 +60,16 @@ def test_launch_only_job_carries_the_profile_settings(tmp_path):
     assert job["model"]["path"] == prof["model"] and job["data"]["path"] == str(rd / "upsampled" / "per_source")
     assert not (rd / "upsampled").exists() and not (rd / "models").exists()   # nothing trained, nothing read
     launch = rd / "06_distributed" / "launch"
-    assert {p.name for p in launch.iterdir()} >= {"job.json", "ds_config.json", "accelerate.yaml", "commands.sh", "job.sbatch"}
+    wanted = {"job.json", "ds_config.json", "accelerate.yaml", "commands.sh", "job.sbatch"}
+    assert {p.name for p in launch.iterdir()} >= wanted
     assert f"--nodes={prof['nnodes']}" in (launch / "job.sbatch").read_text()
 
 
 def test_launch_only_with_a_registry_model(tmp_path):
     """SmolLM2 has 9 attention heads (3 key/value): the gpu profile's SP sizes 4 and 16 cannot split them, and the run
     says so before any work; with phases it can run, the job loads the registry's local copy."""
-    r = longctx("run", "--profile", "gpu", "--stages", "06", "--run-dir", str(tmp_path / "a"), "-p", "06.launch_only=true",
-                "-p", "06.model=smollm2-135m-instruct", check=False)
+    r = longctx("run", "--profile", "gpu", "--stages", "06", "--run-dir", str(tmp_path / "a"),
+                "-p", "06.launch_only=true", "-p", "06.model=smollm2-135m-instruct", check=False)
     assert r.returncode == 1 and "sp_size=4: the model's 9 attention heads (3 key/value) are not divisible" in r.stderr
     prof = yaml.safe_load((ROOT / "longctx_nb" / "profiles" / "gpu.yaml").read_text())["stages"]["06"]
     job = _launch_only(tmp_path / "b", "-p", "06.model=smollm2-135m-instruct",
