@@ -166,7 +166,9 @@ class CheckReport:
     rows: list = field(default_factory=list)
     findings: list = field(default_factory=list)
     @property
-    def errors(self) -> list: return [f for f in self.findings if f.error]
+    def errors(self) -> list:
+        "The findings that stop a run (warnings left out)."
+        return [f for f in self.findings if f.error]
     def table(self, widths=(18, 52, 30, 30, 34)) -> str:
         "The report as a fixed-width text table: stage, key values, reads, writes, estimate."
         cut = lambda s, w: s if len(s) <= w else s[:w - 1] + "…"

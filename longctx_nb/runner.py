@@ -20,7 +20,7 @@ from .models import RUN_MODELS, model_main
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
            'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete',
-           'check_upstream', 'kernel_config', 'write_provenance', 'StageFailed', 'resolve_stages', 'check', 'run',
+           'check_upstream', 'resolve_stages', 'check', 'kernel_config', 'write_provenance', 'StageFailed', 'run',
            'publish_figures', 'main']
 
 # %% ../nbs/00d_runner.ipynb
@@ -152,6 +152,21 @@ def check_upstream(all_: dict, chosen: dict, params: dict, man: dict) -> None:
                                          f"run stage {up} first (e.g. --stages {up},{sid})")
 
 # %% ../nbs/00d_runner.ipynb
+def resolve_stages(profile="cpu", stages=None, params=(), nbs=None) -> tuple:
+    "Load the profile and every stage's parameters as a run would: (profile, notebooks, chosen, declared, resolved)."
+    prof, all_ = load_profile(profile), stage_notebooks(nbs)
+    chosen = select_stages(all_, stages)
+    declared = {s: stage_parameters(p) for s, p in all_.items()}
+    for s, d in declared.items():
+        if "run_dir" not in d: raise ValueError(f"{all_[s]}: the parameters cell must declare run_dir")
+    return prof, all_, chosen, declared, resolve_parameters(prof, declared, params)  # every stage: contracts span them
+
+def check(profile="cpu", stages=None, run_dir=None, params=(), nbs=None, alloc=None) -> CheckReport:
+    "Resolve every stage's parameters as `run` does and check the chosen stages' (`longctx check`): a `CheckReport`."
+    prof, all_, chosen, declared, resolved = resolve_stages(profile, stages, params, nbs)
+    return check_stages({s: p.stem for s, p in all_.items()}, declared, resolved, list(chosen), run_dir, alloc)
+
+# %% ../nbs/00d_runner.ipynb
 PROVENANCE = "provenance.json"
 
 def kernel_config():
@@ -178,20 +193,6 @@ def _cell_error(e) -> str:
     import re
     tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)
     return f"cell {idx}: {ename}: {evalue}\n{tb[-3000:]}"
-
-def resolve_stages(profile="cpu", stages=None, params=(), nbs=None) -> tuple:
-    "Load the profile and every stage's parameters as a run would: (profile, notebooks, chosen, declared, resolved)."
-    prof, all_ = load_profile(profile), stage_notebooks(nbs)
-    chosen = select_stages(all_, stages)
-    declared = {s: stage_parameters(p) for s, p in all_.items()}
-    for s, d in declared.items():
-        if "run_dir" not in d: raise ValueError(f"{all_[s]}: the parameters cell must declare run_dir")
-    return prof, all_, chosen, declared, resolve_parameters(prof, declared, params)  # every stage: contracts span them
-
-def check(profile="cpu", stages=None, run_dir=None, params=(), nbs=None, alloc=None) -> CheckReport:
-    "Resolve every stage's parameters as `run` does and check the chosen stages' (`longctx check`): a `CheckReport`."
-    prof, all_, chosen, declared, resolved = resolve_stages(profile, stages, params, nbs)
-    return check_stages({s: p.stem for s, p in all_.items()}, declared, resolved, list(chosen), run_dir, alloc)
 
 def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool = False, publish: bool = False,
         nbs=None, kernel: str | None = None, progress: bool = True, log_output: bool = False) -> dict:
@@ -318,6 +319,7 @@ def main(argv=None):
     print(f"run folder: {Path(run_dir).resolve()}")
     return 0
 
+# %% ../nbs/00d_runner.ipynb
 def _check_main(a, run_dir) -> int:
     "`longctx check`: the table, then the findings; 1 when any is an error."
     alloc = (a.nodes, a.gpus_per_node) if a.nodes and a.gpus_per_node else None
