@@ -10,7 +10,7 @@ TORCH  := torch>=2.4,<2.14
 # the machine's pip configuration names index folders that do not exist; only those lines are dropped.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install run test docs-check docs docs-serve lab browser
+.PHONY: install run test check docs-check docs docs-serve lab browser
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed: settings.ini setup.py
 
 run: install
 	$(BIN)/longctx run --profile cpu --run-dir runs/cpu
+
+# `longctx check` for every shipped profile: each stage's parameters resolved as a run would, validated, nothing run.
+check: install
+	@for p in longctx_nb/profiles/*.yaml; do $(BIN)/longctx check --profile $$p || exit 1; done
 
 test: install browser
 	$(BIN)/nbdev_test --n_workers 2

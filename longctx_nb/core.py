@@ -286,6 +286,7 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
 
 # %% ../nbs/00_core.ipynb
 _STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
+_SCORERS = ["contains", "exact", "word_recall", "answer_recall", "rouge1_f", "judge"]  # stage 07's scores
 PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
     "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
     "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
@@ -303,12 +304,12 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
     "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
-           "model": {"type": (str, None)}},
+           "model": {"type": (str, None)}, "parity": {"type": (dict, None)}, "data_n": {"type": (int, None), "min": 1},
+           "attention": {"choices": ["auto", "sdpa", "flex_attention", "flash_attention_2"]}},  # train.ATTENTION
     "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
            "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},
-           "scorers": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
-           "heatmap_score": {"choices": ["contains", "exact", "word_recall", "rouge1_f", "judge"]},
+           "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
            "judge": {"type": (str, dict, None)}},
     "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
            "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},

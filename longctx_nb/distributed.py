@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import yaml
+
 from .core import RunDir, read_json, write_json, write_text, save_figure
+from .models import RUN_MODELS, resolve_model
+from .tokenizer import load_tokenizer
 from .train import TrainConfig, train_lm, tiny_llama, load_model
 
 # %% auto 0
 __all__ = ['SBATCH', 'SHAPES', 'ds_config', 'accelerate_config', 'launch_commands', 'sbatch_script', 'PackedRows', 'Sequences',
-           'job_data', 'job_model', 'run_job', 'job_main', 'launch', 'Shape', 'shape_of', 'train_flops', 'Layout',
-           'plan_memory', 'saved_activation_bytes', 'max_seq_len', 'mfu', 'measure_step']
+           'job_data', 'job_model', 'run_job', 'job_main', 'job_model_path', 'job_spec', 'write_launch', 'parity_jobs',
+           'launch', 'Shape', 'shape_of', 'train_flops', 'Layout', 'plan_memory', 'saved_activation_bytes',
+           'max_seq_len', 'mfu', 'measure_step']
 
 # %% ../nbs/06_distributed.ipynb
 def ds_config(zero_stage: int = 3, offload_optimizer: bool = False, offload_params: bool = False, bf16="auto") -> dict:
@@ -92,12 +97,25 @@ class PackedRows(torch.utils.data.Dataset):
         return b
 
 class Sequences(torch.utils.data.Dataset):
-    "Fixed-length LM samples (`input_ids`, `labels`, `position_ids`) from an array of token sequences."
-    def __init__(self, arr, seq_len: int):
-        self.arr, self.T = arr, seq_len; self.per = arr.shape[1] // seq_len
-    def __len__(self): return len(self.arr) * self.per
+    "Fixed-length LM samples from stored sequences: cut within each row, or across consecutive rows when longer."
+    def __init__(self, arr, seq_len: int, n_rows: int | None = None):
+        self.arr, self.T = arr, seq_len
+        self.rows = len(arr) if n_rows is None else min(n_rows, len(arr))
+        self.L = len(arr[0]) if self.rows else 0
+        self.per = self.L // seq_len  # 0: longer than a row: cut from the rows' stream (stage 02's documents, in order)
+        self.n = self.rows * self.per if self.per else self.rows * self.L // seq_len
+        if not self.n:
+            raise ValueError(f"{self.rows} stored sequences of {self.L} tokens hold no sample of {seq_len} tokens")
+    def __len__(self): return self.n
     def __getitem__(self, i):
-        x = torch.as_tensor(np.asarray(self.arr[i // self.per][(i % self.per) * self.T:(i % self.per + 1) * self.T]).astype(np.int64))
+        if self.per:
+            k = i % self.per
+            x = np.asarray(self.arr[i // self.per][k * self.T:(k + 1) * self.T])
+        else:
+            a, b = i * self.T, (i + 1) * self.T
+            x = np.concatenate([np.asarray(self.arr[r])[max(a - r * self.L, 0):b - r * self.L]
+                                for r in range(a // self.L, -(-b // self.L))])
+        x = torch.as_tensor(x.astype(np.int64))
         return {"input_ids": x, "labels": x, "position_ids": torch.arange(self.T)}
 
 def job_data(spec: dict, seq_len: int):
@@ -108,8 +126,7 @@ def job_data(spec: dict, seq_len: int):
         return Sequences(torch.randint(1, spec["model"]["tiny"]["vocab_size"], (d["n"], seq_len), generator=g).numpy(), seq_len), None
     if d["kind"] == "sequences":
         from longctx_nb.upsample import SequenceDataset
-        ds = SequenceDataset(d["path"]); arr = np.stack([ds[i] for i in range(min(len(ds), d.get("n", len(ds))))])
-        return Sequences(arr, seq_len), None
+        return Sequences(SequenceDataset(d["path"]), seq_len, d.get("n")), None  # memory-mapped, read as sampled
     if d["kind"] == "packed":
         from longctx_nb.packing import plan_batches
         samples = read_json(d["path"])["samples"] if isinstance(d["path"], str) else d["path"]
@@ -120,9 +137,12 @@ def job_data(spec: dict, seq_len: int):
     raise ValueError(f"unknown data kind {d['kind']!r}: expected random, sequences or packed")
 
 def job_model(spec: dict, init: str | None = None):
+    "The model a job trains: the previous phase's (`init`), a tiny Llama (vocabulary from the run's tokenizer), a path."
     m = spec["model"]
     if init: return load_model(init)
-    if "tiny" in m: return tiny_llama(**m["tiny"])
+    if "tiny" in m:
+        vocab = m["tiny"].get("vocab_size") or len(load_tokenizer(read_json(m["vocab_from"])["tokenizer"]))
+        return tiny_llama(**{**m["tiny"], "vocab_size": vocab})
     return load_model(m["path"])
 
 def run_job(spec: dict, first: int = 0) -> list[dict]:
@@ -161,6 +181,49 @@ def _shutdown():
     sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
 
 if __name__ == "__main__" and "__file__" in globals(): job_main()  # not when this notebook runs in a kernel
+
+# %% ../nbs/06_distributed.ipynb
+def job_model_path(run: RunDir, name: str) -> str:
+    "Where a job loads model `name` from: a run-folder model's future path, a local folder, a registry copy, an HF id."
+    return str(run.path(name)) if str(name).startswith(RUN_MODELS) else resolve_model(name, run.root).path
+
+def job_spec(run: RunDir, model, model_size: dict, seed: int, strategy: str, data_n, phases: list, train: dict,
+             savers: dict) -> dict:
+    "The profile's training job: its model, stage 02's sequences, `savers` (memory), then `train` unchanged."
+    if model: spec = {"path": job_model_path(run, model)}
+    else:
+        tiny = {**model_size, "max_pos": max(p["seq_len"] for p in phases), "seed": seed}
+        spec = {"tiny": tiny, "vocab_from": str(run.path("data.json"))}  # stage 01's tokenizer, read when the job runs
+    data = {"kind": "sequences", "path": str(run.path("upsampled", strategy)), **({"n": data_n} if data_n else {})}
+    return {"model": spec, "data": data, "train": {"seed": seed, **savers, **train}, "phases": phases,
+            "out": str(run.path("models", "distributed"))}
+
+def write_launch(launch_dir, job: dict, nproc: int, nnodes: int, zero_stage: int = 3, offload_optimizer=False,
+                 offload_params=False, cp_size: int = 1, name: str = "job") -> dict:
+    "Write DeepSpeed and accelerate configs, `<name>.json` (the job), commands and a Slurm script; returns the paths."
+    d = Path(launch_dir)
+    ds_file = write_json(d / "ds_config.json", ds_config(zero_stage, offload_optimizer, offload_params))
+    sp_max = max(p.get("sp_size", 1) for p in job["phases"])
+    acc = accelerate_config(str(ds_file), nproc, nnodes, sp_max, cp_size)
+    acc_file = write_text(d / "accelerate.yaml", yaml.safe_dump(acc, sort_keys=False))
+    job_file = write_json(d / f"{name}.json", {**job, "train": {**job["train"], "deepspeed": str(ds_file)}})
+    cmds = launch_commands(str(job_file), nproc, nnodes, str(ds_file), str(acc_file))
+    head = "#!/bin/bash\n# one of these per phase: append the phase index (0, 1, ...) to run one phase\n"
+    cmd_file = write_text(d / "commands.sh", head + "\n".join(f"# {k}\n{v}" for k, v in cmds.items()) + "\n")
+    sb = write_text(d / f"{name}.sbatch", sbatch_script(str(job_file), nproc, nnodes, len(job["phases"])))
+    return {"ds_config": ds_file, "accelerate": acc_file, "job": job_file, "commands": cmd_file, "sbatch": sb}
+
+def parity_jobs(job: dict, parity: dict, nproc: int) -> tuple[dict, dict]:
+    "The parity pair: the job with the parity run's own settings, and its one-process reference on the same batches."
+    n = parity.get("n")
+    par = {**job, "data": {**job["data"], **({"n": n} if n else {})},
+           "train": {**job["train"], **{k: v for k, v in parity.items() if k != "n"}},
+           "out": str(Path(job["out"]).with_name("distributed-parity"))}
+    mb = par["train"].get("micro_batch", 1)
+    ref = {**par, "train": {**par["train"], "deepspeed": None},
+           "phases": [{**p, "sp_size": 1, "micro_batch": mb * nproc // p.get("sp_size", 1)} for p in par["phases"]],
+           "out": str(Path(job["out"]).with_name("distributed-1proc"))}
+    return par, ref
 
 # %% ../nbs/06_distributed.ipynb
 def launch(job_path, launcher: str = "torchrun", nproc: int = 2, timeout: int = 1800, env: dict | None = None) -> list[dict]:

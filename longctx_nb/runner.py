@@ -12,14 +12,16 @@ import nbformat
 from tqdm.auto import tqdm
 
 from .core import (RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
-                             write_json, read_json, atomic_path, check_parameters, path_key)
+                             write_json, read_json, atomic_path, path_key)
+from .check import CheckReport, check_stages
 from .corpus import corpus_key
 from .models import RUN_MODELS, model_main
 
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
            'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete',
-           'check_upstream', 'kernel_config', 'write_provenance', 'StageFailed', 'run', 'publish_figures', 'main']
+           'check_upstream', 'resolve_stages', 'check', 'kernel_config', 'write_provenance', 'StageFailed', 'run',
+           'publish_figures', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
@@ -127,7 +129,8 @@ def run_lock(root):
 RUN_CORPUS = "corpus:"  # how a parameter names the run's corpus (models.RUN_MODELS: a run-folder model)
 STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter: marker}: only when a value holds it}
     "02": {"01": None}, "03": {"01": None, "02": None}, "05": {"01": None, "03": {"model": RUN_MODELS}},
-    "06": {"01": None, "02": None},
+    "04": {"01": None},
+    "06": {"01": {"launch_only": "false"}, "02": {"launch_only": "false"}},  # launch_only: reads nothing
     "07": {"01": {"models": RUN_MODELS, "haystack": RUN_CORPUS}, "03": {"models": RUN_MODELS},
            "05": {"models": RUN_MODELS}},
     "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}  # 08's fixture: the corpus if any, else the essays
@@ -147,6 +150,21 @@ def check_upstream(all_: dict, chosen: dict, params: dict, man: dict) -> None:
                 why = "never ran here" if st is None else f"did not complete (status: {st})"
                 raise UpstreamIncomplete(f"stage {all_[sid].stem} reads the outputs of {all_[up].stem}, which {why}; "
                                          f"run stage {up} first (e.g. --stages {up},{sid})")
+
+# %% ../nbs/00d_runner.ipynb
+def resolve_stages(profile="cpu", stages=None, params=(), nbs=None) -> tuple:
+    "Load the profile and every stage's parameters as a run would: (profile, notebooks, chosen, declared, resolved)."
+    prof, all_ = load_profile(profile), stage_notebooks(nbs)
+    chosen = select_stages(all_, stages)
+    declared = {s: stage_parameters(p) for s, p in all_.items()}
+    for s, d in declared.items():
+        if "run_dir" not in d: raise ValueError(f"{all_[s]}: the parameters cell must declare run_dir")
+    return prof, all_, chosen, declared, resolve_parameters(prof, declared, params)  # every stage: contracts span them
+
+def check(profile="cpu", stages=None, run_dir=None, params=(), nbs=None, alloc=None) -> CheckReport:
+    "Resolve every stage's parameters as `run` does and check the chosen stages' (`longctx check`): a `CheckReport`."
+    prof, all_, chosen, declared, resolved = resolve_stages(profile, stages, params, nbs)
+    return check_stages({s: p.stem for s, p in all_.items()}, declared, resolved, list(chosen), run_dir, alloc)
 
 # %% ../nbs/00d_runner.ipynb
 PROVENANCE = "provenance.json"
@@ -178,13 +196,12 @@ def _cell_error(e) -> str:
 
 def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool = False, publish: bool = False,
         nbs=None, kernel: str | None = None, progress: bool = True, log_output: bool = False) -> dict:
-    "Run the selected stages of the pipeline into `run_dir`; returns the run manifest."
-    prof = load_profile(profile); all_ = stage_notebooks(nbs); chosen = select_stages(all_, stages)
-    declared = {s: stage_parameters(p) for s, p in all_.items()}
-    for s, d in declared.items():
-        if "run_dir" not in d: raise ValueError(f"{all_[s]}: the parameters cell must declare run_dir")
-    resolved = resolve_parameters(prof, {s: declared[s] for s in chosen}, params)
-    check_parameters(resolved, declared)  # types, ranges and choices: a bad value stops the run before any work
+    "Run the selected stages of the pipeline into `run_dir`, after `check` passes; returns the run manifest."
+    prof, all_, chosen, declared, everything = resolve_stages(profile, stages, params, nbs)
+    report = check_stages({s: p.stem for s, p in all_.items()}, declared, everything, list(chosen), run_dir)
+    if report.errors: raise ValueError("; ".join(map(str, report.errors)))  # before any work (`longctx check`)
+    for w in report.findings: tqdm.write(str(w))
+    resolved = {s: everything[s] for s in chosen}
     rd = RunDir(run_dir)
     with run_lock(rd.root):  # one run per folder
         return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
@@ -275,6 +292,12 @@ def main(argv=None):
     r.add_argument("--force", action="store_true", help="redo stages that completed with the same parameters")
     r.add_argument("--publish", action="store_true", help="copy the stages' figures into the checkout's figures/")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    c = sub.add_parser("check", help="resolve and validate every stage's parameters, without running anything")
+    for args, kw in [(("--profile",), {"default": "cpu"}), (("--stages",), {"default": None}), (("--run-dir",), {}),
+                     (("-p", "--param"), {"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+                     (("--nodes",), {"type": int, "help": "a Slurm allocation's nodes (stage 06's nnodes)"}),
+                     (("--gpus-per-node",), {"type": int, "help": "its GPUs per node (stage 06's nproc)"})]:
+        c.add_argument(*args, **kw)
     s = sub.add_parser("stages", help="list stage notebooks and their parameters")
     m = sub.add_parser("model", help="the model registry: `longctx model list`, `longctx model path NAME`", add_help=False)
     m.add_argument("args", nargs=argparse.REMAINDER)
@@ -286,6 +309,7 @@ def main(argv=None):
             print(f"{sid}  {nb.name}"); [print(f"      {k} = {v}") for k, v in stage_parameters(nb).items()]
         return 0
     run_dir = a.run_dir or f"runs/{Path(a.profile).stem}"
+    if a.cmd == "check": return _check_main(a, run_dir)
     try:
         man = run(a.profile, a.stages, run_dir, a.param, a.force, a.publish, log_output=a.log_output)
     except (StageFailed, KeyError, ValueError, OSError, RunLocked, UpstreamIncomplete) as e:
@@ -294,6 +318,20 @@ def main(argv=None):
         return 1
     print(f"run folder: {Path(run_dir).resolve()}")
     return 0
+
+# %% ../nbs/00d_runner.ipynb
+def _check_main(a, run_dir) -> int:
+    "`longctx check`: the table, then the findings; 1 when any is an error."
+    alloc = (a.nodes, a.gpus_per_node) if a.nodes and a.gpus_per_node else None
+    try: report = check(a.profile, a.stages, run_dir, a.param, alloc=alloc)
+    except (KeyError, ValueError, OSError) as e:
+        print(f"longctx check: {_error_line(e)}", file=sys.stderr)
+        return 1
+    print(report.table())
+    for f in report.findings: print(f, file=sys.stderr)
+    n = len(report.errors)
+    print(f"{a.profile}: {'ok' if not n else f'{n} error(s)'}", file=sys.stderr if n else sys.stdout)
+    return 1 if n else 0
 
 # %% ../nbs/00d_runner.ipynb
 #| eval: false

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00e_train.ipynb 2
 from __future__ import annotations
-import json, math, os, time
+import contextlib, json, math, os, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,9 +14,10 @@ import torch
 from .core import write_json, read_json, save_figure, swap_dir
 
 # %% auto 0
-__all__ = ['attn_implementation', 'tiny_llama', 'load_model', 'ChunkView', 'TrainConfig', 'steps_for', 'last_checkpoint',
-           'run_key', 'weighted_lm_loss', 'shift_weights', 'chunked_lm_loss', 'tile_mlp', 'check_parallel',
-           'isolate_packed_sdpa', 'init_process_state', 'train_lm', 'plot_training']
+__all__ = ['PACKED_SDPA', 'ATTENTION', 'attn_implementation', 'tiny_llama', 'load_model', 'packed_causal_mask', 'packed_sdpa',
+           'register_packed_sdpa', 'resolve_attention', 'use_attention', 'packed_sdpa_bound', 'ChunkView',
+           'TrainConfig', 'steps_for', 'last_checkpoint', 'run_key', 'weighted_lm_loss', 'shift_weights',
+           'chunked_lm_loss', 'tile_mlp', 'check_parallel', 'init_process_state', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 def attn_implementation() -> str:
@@ -43,6 +44,67 @@ def load_model(path, dtype=None):
     "Load a causal LM from a local folder or HF path with the best available attention."
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, attn_implementation=attn_implementation())
+
+# %% ../nbs/00e_train.ipynb
+PACKED_SDPA = "longctx_sdpa"  # the suite's packed sdpa, registered with transformers under this name
+ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2")  # `attention` values: auto = the best available
+
+def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    "A (batch, 1, T, T) boolean causal mask that is block-diagonal over documents (positions restart); None if none do."
+    p = position_ids
+    starts = torch.cat([torch.ones_like(p[:, :1], dtype=torch.bool), p[:, 1:] <= p[:, :-1]], 1)
+    if not bool(starts[:, 1:].any()): return None
+    doc = starts.cumsum(-1)
+    causal = torch.ones(p.shape[-1], p.shape[-1], dtype=torch.bool, device=p.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+def packed_sdpa(core):
+    "Wrap an SDPA attention function: given no mask but restarting `position_ids`, attend within each document only."
+    if getattr(core, "_longctx_packed", False): return core
+    def attend(module, query, key, value, attention_mask, *args, position_ids=None, **kw):
+        full = position_ids is not None and query.shape[2] == key.shape[2] == position_ids.shape[-1]
+        if attention_mask is None and full: attention_mask = packed_causal_mask(position_ids)
+        return core(module, query, key, value, attention_mask, *args, position_ids=position_ids, **kw)
+    attend._longctx_packed = True
+    return attend
+
+def register_packed_sdpa() -> str:
+    "Register the suite's packed SDPA with transformers as `longctx_sdpa` (its `sdpa` untouched); returns the name."
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa(sdpa_attention_forward))
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # transformers' packed mask where it makes one
+    return PACKED_SDPA
+
+def resolve_attention(backend: str, training: bool = False) -> str:
+    "The transformers attention name for an `attention` value, refused (with the reason) where it cannot run."
+    if backend not in ATTENTION: raise ValueError(f"attention {backend!r}: expected one of {list(ATTENTION)}")
+    if backend == "auto": backend = attn_implementation()
+    if backend == "flash_attention_2" and attn_implementation() != "flash_attention_2":
+        raise ValueError("attention flash_attention_2 needs the flash-attn package and a CUDA GPU; use sdpa or auto")
+    if backend == "flex_attention" and training and not torch.cuda.is_available():
+        raise ValueError("attention flex_attention cannot train on CPU (torch has no CPU backward for it); use sdpa")
+    return register_packed_sdpa() if backend == "sdpa" else backend
+
+def use_attention(model, backend: str = "auto", sp_size: int = 1, training: bool = False):
+    "Set `model`'s attention for packed batches (`ATTENTION`); under Ulysses SP the packed SDPA goes by `sdpa`."
+    name = resolve_attention(backend, training)
+    if sp_size > 1 and name == PACKED_SDPA: name = "sdpa"  # Ulysses accepts only `sdpa`: see packed_sdpa_bound
+    if model.config._attn_implementation != name: model.set_attn_implementation(name)
+    return model
+
+@contextlib.contextmanager
+def packed_sdpa_bound():
+    "Bind transformers' `sdpa` to the suite's packed SDPA for the block (a Ulysses run), then restore what it was."
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    had = "sdpa" in ALL_ATTENTION_FUNCTIONS._local_mapping
+    orig = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = packed_sdpa(orig)
+    try: yield
+    finally:
+        if had: ALL_ATTENTION_FUNCTIONS["sdpa"] = orig
+        else: del ALL_ATTENTION_FUNCTIONS["sdpa"]  # DeepSpeed's Ulysses wrapper, set inside, goes with it
 
 # %% ../nbs/00e_train.ipynb
 class ChunkView(torch.utils.data.Dataset):
@@ -83,6 +145,7 @@ class TrainConfig:
     loss_chunk: int = 0                 # >0: the loss in chunks of this many tokens, full logits never stored
     tiled_mlp: int = 0                  # >0: each MLP runs over this many sequence tiles, recomputed in backward
     activation_offload: bool = False    # keep saved activations (the checkpoints) in CPU memory
+    attention: str | None = None        # packed-batch attention kernel (`ATTENTION`); None: as the model was loaded
 
 def _world() -> int: return int(os.environ.get("WORLD_SIZE", 1))
 def _is_main() -> bool: return int(os.environ.get("RANK", 0)) == 0
@@ -119,7 +182,8 @@ def last_checkpoint(out_dir) -> str | None:
 def run_key(cfg: TrainConfig, seq_len: int, n: int, init=None, data=None) -> str:
     "Identity of a training run: its settings, sequence length and count, starting weights and data."
     import hashlib
-    blob = json.dumps({"cfg": asdict(cfg), "seq_len": seq_len, "n": n, "init": init, "data": data}, sort_keys=True, default=str)
+    c = {k: v for k, v in asdict(cfg).items() if not (k == "attention" and v is None)}  # keys of earlier runs stay
+    blob = json.dumps({"cfg": c, "seq_len": seq_len, "n": n, "init": init, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 def weighted_lm_loss(model, batch: dict) -> torch.Tensor:
@@ -208,26 +272,9 @@ def check_parallel(cfg: TrainConfig, model, evaluating: bool = False) -> None:
     heads = model.config.num_attention_heads; kv = getattr(model.config, "num_key_value_heads", heads)
     if heads % cfg.sp_size or kv % cfg.sp_size:
         raise ValueError(f"{heads} attention heads ({kv} key/value) are not divisible by sp_size={cfg.sp_size}")
-    if model.config._attn_implementation not in ("sdpa", "flash_attention_2"):
+    if model.config._attn_implementation not in ("sdpa", PACKED_SDPA, "flash_attention_2"):
         raise ValueError(f"attention {model.config._attn_implementation!r} has no Ulysses path: use sdpa or flash_attention_2")
     if _world() % cfg.sp_size: raise ValueError(f"world size {_world()} is not a multiple of sp_size={cfg.sp_size}")
-
-def isolate_packed_sdpa() -> None:
-    "Make the registered `sdpa` attention isolate packed samples when it gets no mask but restarting `position_ids`."
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    orig = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    if getattr(orig, "_longctx_packed", False): return
-    def packed_sdpa(module, query, key, value, attention_mask, *args, position_ids=None, **kw):
-        if attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2] == position_ids.shape[-1]:
-            p = position_ids
-            starts = torch.cat([torch.ones_like(p[:, :1], dtype=torch.bool), p[:, 1:] <= p[:, :-1]], 1)
-            if bool(starts[:, 1:].any()):  # packed: a block-diagonal causal mask from the restarts
-                doc = starts.cumsum(-1); T = p.shape[-1]
-                causal = torch.ones(T, T, dtype=torch.bool, device=p.device).tril()
-                attention_mask = ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
-        return orig(module, query, key, value, attention_mask, *args, position_ids=position_ids, **kw)
-    packed_sdpa._longctx_packed = True
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = packed_sdpa
 
 def init_process_state(cfg: TrainConfig) -> bool:
     "Under a multi-process launcher on CPU, create the gloo process state HF Trainer will reuse; True if created."
@@ -253,15 +300,17 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
         if _is_main(): print(f"{final.name}: trained with other settings, start or data; retraining beside it")
     if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run (settings, start or data changed): never resume them
+    if cfg.attention: use_attention(model, cfg.attention, cfg.sp_size, training=True)
     check_parallel(cfg, model, evaluating=eval_dataset is not None)
     if _is_main(): write_json(out_dir / "run_key.json", {"key": key})
     configured = init_process_state(cfg)  # use_cpu=True would silently turn DeepSpeed off: gloo state instead
-    par = {}
+    par, bound = {}, contextlib.nullcontext()
     if cfg.sp_size > 1:
         from accelerate.utils import ParallelismConfig, DeepSpeedSequenceParallelConfig
         # Ulysses drops the mask and calls sdpa with is_causal over the gathered sequence: packed samples would see
         # each other. flash-attn isolates them from position_ids; for sdpa the suite builds the mask from them.
-        if model.config._attn_implementation == "sdpa": isolate_packed_sdpa()
+        if model.config._attn_implementation == PACKED_SDPA: model.set_attn_implementation("sdpa")
+        if model.config._attn_implementation == "sdpa": bound = packed_sdpa_bound()
         par["parallelism_config"] = ParallelismConfig(sp_backend="deepspeed", sp_size=cfg.sp_size, sp_handler=DeepSpeedSequenceParallelConfig(
             sp_seq_length_is_variable=True, sp_attn_implementation=model.config._attn_implementation))
         inner = collator or (lambda b: {k: torch.stack([torch.as_tensor(x[k]) for x in b]) for k in b[0]})
@@ -285,7 +334,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
                       eval_dataset=eval_dataset)
     trainer.lc_cfg = cfg
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
+    with bound: trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))  # Ulysses registers inside train()
     trainer.save_model(str(out_dir / "final"))
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
            "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),

@@ -75,7 +75,7 @@ def test_other_launchers_run_the_same_job(tmp_path, ds_file, launcher):
 
 def test_ulysses_sp2_packed_equals_one_process(tmp_path, ds_file):
     """Packed SFT rows with LongAlign weights, a shard with no targets, checkpointing: SP=2 equals one process.
-    Without `isolate_packed_sdpa` this fails (loss off by ~3e-3): Ulysses calls SDPA causally over the whole row."""
+    Without `packed_sdpa_bound` this fails (loss off by ~3e-3): Ulysses calls SDPA causally over the whole row."""
     samples = packed_samples()
     ids = torch.randint(1, V, (240,), generator=torch.Generator().manual_seed(5)).tolist()
     samples[0] = {"input_ids": ids, "labels": ids[:60] + [-100] * 180}   # packed alone: SP rank 1's half has no targets
