@@ -177,3 +177,26 @@ def test_stage_05_trains_on_stage_04(cpu_run):
     mix = [json.loads(l) for l in (cpu_run / "sft" / "mix.jsonl").read_text().splitlines()]
     assert m["data_source"].startswith("stage 04") and sum(m["from_stage_04"].values()) == len(mix)
     assert m["samples"] + m["dropped_over_max_len"] == len(mix)
+
+
+def test_dense_and_hybrid_retrieval_on_the_registry_model(pool_and_tok):
+    "Dense retrieval (sentence-transformers on all-minilm-l6-v2, offline) and the hybrid find the topic's document."
+    docs, _ = pool_and_tok
+    texts = [d.text for d in docs]
+    for kind in ("dense", "hybrid", "bm25"):
+        hits = build_index(kind, texts).search("When was the glacier mapped near the towns?", 3)
+        assert hits[0][0] == TOPICS.index("glacier"), (kind, hits)
+    with pytest.raises(ValueError, match="bm25, dense or hybrid"):
+        build_index("tfidf", texts)
+
+
+def test_short_chats_from_a_local_jsonl(tmp_path):
+    from longctx_nb.synth import load_short
+    p = tmp_path / "chats.jsonl"
+    p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                  {"role": "assistant", "content": f"a{i}"}]}) + "\n" for i in range(5)))
+    got = load_short(str(p), [], 3, seed=1)
+    assert len(got) == 3 and all(g["source_ids"][0].startswith(str(p)) for g in got)
+    p.write_text(p.read_text() + json.dumps({"text": "no messages"}) + "\n")
+    with pytest.raises(ValueError, match="record 6 has no `messages`"):
+        load_short(str(p), [], 3)
