@@ -53,6 +53,7 @@ def read_json_any(src, dest_dir=None):
             raise ValueError(f"{p}:{i}: not JSON ({e.msg})") from None
     return out, p
 
+# %% ../nbs/00k_evalsets.ipynb
 def load_cases(src, dest_dir=None) -> list[dict]:
     "LongBench-Chat test cases `{idx, prompt, query, answer}` (plus `lang`: given, or detected)."
     rows, p = read_json_any(src, dest_dir)
