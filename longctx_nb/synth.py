@@ -209,6 +209,7 @@ def agent_records(client, tok, pool: list, index, n: int, top_k: int, doc_tokens
 # %% ../nbs/04_synth.ipynb
 WRITING_VERBS = {"write", "compose", "draft", "create", "produce", "prepare", "describe", "explain", "document",
                  "summarise", "summarize", "list", "give", "provide", "tell", "generate", "outline", "develop"}
+_POLITE = re.compile(r"^(?:please|kindly|(?:can|could|would) you)\s+", re.I)  # "Please write ..." is still "write"
 BACKTRANSLATION_PROMPT = ("{doc}\n\nWhat instruction would make an assistant write the text above? Reply with one "
                           "sentence that starts with \"Write\".")
 
@@ -230,7 +231,7 @@ def backtranslation_records(client, tok, pool: list, n: int, lengths: list[int],
         q, why = parse_instruction(t)
         if q and normalize_text(q) in normalize_text(docs[i]):
             return None, "instruction copies the document"
-        if q and q.split()[0].lower().strip(",:") not in WRITING_VERBS:
+        if q and _POLITE.sub("", q).split()[0].lower().strip(",:") not in WRITING_VERBS:
             return None, "not a writing instruction"
         return q, why
     got = ask(client, [user(BACKTRANSLATION_PROMPT.format(doc=head_tokens(tok, x, view_tokens))) for x in docs],

@@ -158,11 +158,13 @@ def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
 
 
 @pytest.mark.parametrize("override, says", [
-    ("02.seq_len=abc", "stage 02: seq_len='abc' is a string; expected an integer"),
-    ("02.seq_len=-5", "stage 02: seq_len=-5: must be at least 2"),
-    ("seed=1.5", "stage 02: seed=1.5 is a number; expected an integer"),
-    ("01.seed=__import__('os').system('touch x')", "stage 01: seed=\"__import__('os').system('touch x')\" is a string"),
-    ("02.strategies=[original, gloabl]", "stage 02: strategies=['original', 'gloabl']: unknown 'gloabl'; expected"),
+    ("02.seq_len=abc", "stage 02_upsample: seq_len: seq_len='abc' is a string; expected an integer"),
+    ("02.seq_len=-5", "stage 02_upsample: seq_len: seq_len=-5: must be at least 2"),
+    ("seed=1.5", "stage 02_upsample: seed: seed=1.5 is a number; expected an integer"),
+    ("01.seed=__import__('os').system('touch x')",
+     "stage 01_mixture: seed: seed=\"__import__('os').system('touch x')\" is a string"),
+    ("02.strategies=[original, gloabl]",
+     "stage 02_upsample: strategies: strategies=['original', 'gloabl']: unknown 'gloabl'; expected"),
 ])
 def test_bad_parameter_fails_before_any_work(tmp_path, override, says):
     rd = tmp_path / "r"
