@@ -1,9 +1,10 @@
 """Stage 04's local generation: batched against one request at a time, on the real model, in one run.
 
-Usage: python bench/bench_synth.py [N] [BATCH]   (defaults 16 requests, batches of 8)
+Usage: python bench/bench_synth.py [N] [BATCH] [NEW]   (defaults 32 requests, batches of 16, 96 new tokens)
 Sends the same N query-focused summary requests (stage 04's prompt over 256-token chunks of Paul Graham's essays,
-64 new tokens, greedy) to SmolLM2-135M-Instruct through `HFChatClient`, first one at a time, then in batches of
-BATCH (sorted by length, as the stage sends them). Prints generated tokens per second of each and their ratio.
+at most NEW new tokens, greedy: the cpu profile's summary step) to SmolLM2-135M-Instruct through `HFChatClient`,
+first one at a time, then in batches of BATCH (sorted by length, as the stage sends them). Prints generated tokens
+per second of each, where the time went (prefill, decoding), and the ratio.
 """
 import sys, time
 
@@ -15,8 +16,9 @@ from longctx_nb.synth import SUMMARY_PROMPT, user
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    new = int(sys.argv[3]) if len(sys.argv) > 3 else 96
     gen = HFGenerator(resolve_model("smollm2-135m-instruct").path, batch_size=1)
     essays = [t for _, t in paul_graham_essays()]
     chunks = [c for t in essays[:8] for c in chunk_by_tokens(gen.tok, t[:6000], 256)][:n]
@@ -24,15 +26,18 @@ def main():
     res = {}
     for bs in (1, batch):
         gen.batch_size = bs
-        client = HFChatClient(gen, max_tokens=64)  # no cache: every request is generated
+        gen.stats = dict.fromkeys(gen.stats, 0)
+        client = HFChatClient(gen, max_tokens=new)  # no cache: every request is generated
         t = time.perf_counter()
         out = client.chat_many(reqs)
         s = time.perf_counter() - t
-        res[bs] = {"s": s, "tokens": client.usage["completion_tokens"], "texts": [o["content"] for o in out]}
-    print(f"{n} summary requests, 64 new tokens at most, prompts {min(map(len, map(gen.encode, reqs)))}-"
+        res[bs] = {"s": s, "tokens": client.usage["completion_tokens"], "texts": [o["content"] for o in out],
+                   "prefill_s": gen.stats["prefill_s"], "decode_s": gen.stats["decode_s"]}
+    print(f"{n} summary requests, {new} new tokens at most, prompts {min(map(len, map(gen.encode, reqs)))}-"
           f"{max(map(len, map(gen.encode, reqs)))} tokens, SmolLM2-135M-Instruct")
     for bs, r in res.items():
-        print(f"batch {bs:2d}: {r['tokens']:5d} tokens in {r['s']:6.1f} s = {r['tokens'] / r['s']:6.1f} tokens/s")
+        print(f"batch {bs:2d}: {r['tokens']:5d} tokens in {r['s']:6.1f} s = {r['tokens'] / r['s']:6.1f} tokens/s "
+              f"(prefill {r['prefill_s']:.1f} s, decoding {r['decode_s']:.1f} s)")
     one, many = (res[b]["tokens"] / res[b]["s"] for b in (1, batch))
     print(f"ratio batched/one-at-a-time tokens/s: {many / one:.2f}")
     same = sum(a == b for a, b in zip(res[1]["texts"], res[batch]["texts"]))
