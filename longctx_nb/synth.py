@@ -20,7 +20,7 @@ __all__ = ['TASK_TYPES', 'QUESTIONS_PROMPT', 'INSTRUCTION_PROMPT', 'SUMMARY_PROM
            'parse_questions', 'parse_instruction', 'check_answer', 'load_pool', 'self_instruct', 'is_irrelevant',
            'agent_instructions', 'summarize', 'agent_records', 'cut_document', 'backtranslation_records', 'record_text',
            'instruction_of', 'long_text', 'filter_candidates', 'funnel', 'load_short', 'finish', 'mix', 'jsonl_text',
-           'plot_lengths']
+           'length_table', 'plot_lengths']
 
 # %% ../nbs/04_synth.ipynb
 def user(text: str) -> list[dict]:
@@ -329,20 +329,26 @@ def jsonl_text(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
 # %% ../nbs/04_synth.ipynb
-def plot_lengths(records: list[dict], title: str = "Prompt length by method"):
-    "Distribution of `tokens` per method (log scale): where the long data sits against the short chats."
+def length_table(records: list[dict], tok) -> pd.DataFrame:
+    "Per record: its method, prompt tokens (`tokens`) and answer tokens, in the run's tokenizer."
+    return pd.DataFrame({"method": [r["method"] for r in records], "prompt_tokens": [r["tokens"] for r in records],
+                         "answer_tokens": [n_tokens(tok, r["messages"][-1]["content"]) for r in records]})
+
+def plot_lengths(df: pd.DataFrame, title: str = "Record lengths by method"):
+    "Prompt and answer tokens per method, on log scales, side by side."
     import matplotlib.pyplot as plt  # plotting libraries load only when a figure is drawn
     import seaborn as sns
     plot_theme(font_scale=0.9)
-    df = pd.DataFrame({"method": [r["method"] for r in records], "tokens": [max(r["tokens"], 1) for r in records]})
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     order = [m for m in ["self_instruct", "agent", "backtranslation", "short"] if m in set(df.method)]
-    sns.stripplot(df, x="tokens", y="method", order=order, hue="method", hue_order=order, log_scale=True, size=5,
-                  jitter=0.25, ax=ax, legend=False)
+    for ax, col in zip(axes, ["prompt_tokens", "answer_tokens"]):
+        sns.stripplot(df.assign(**{col: df[col].clip(lower=1)}), x=col, y="method", order=order, hue="method",
+                      hue_order=order, log_scale=True, size=4, jitter=0.25, ax=ax, legend=False)
+        ax.set_xlabel(col.replace("_", " ") + " (run tokenizer)")
+        ax.set_ylabel("")
     for i, m in enumerate(order):
-        ax.text(df[df.method == m].tokens.max() * 1.15, i, f"n={int((df.method == m).sum())}", va="center", fontsize=8)
-    ax.set_xlabel("prompt tokens (run tokenizer)")
-    ax.set_ylabel("")
-    ax.set_title(title)
+        axes[0].text(1.02, i, f"n={int((df.method == m).sum())}", va="center", fontsize=8,
+                     transform=axes[0].get_yaxis_transform())
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
