@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import SFT_LONG, SFT_MIX, check_parameter, read_json, cache_dir
-from .models import REGISTRY, HF_ID, RUN_MODELS
+from .core import RUN_MODELS, SFT_LONG, SFT_MIX, check_parameter, read_json, cache_dir
+from .models import REGISTRY, HF_ID
 from .distributed import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0

@@ -11,12 +11,12 @@ from typing import Any, Iterator
 import yaml
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'SFT_LONG', 'SFT_MIX', 'domain_name',
-           'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json', 'read_json',
-           'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
-           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
-           'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure',
-           'plot_theme', 'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'RUN_MODELS', 'FINAL', 'SFT_LONG',
+           'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json',
+           'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything',
+           'stable_hash', 'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile',
+           'parse_override', 'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir',
+           'save_figure', 'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -358,32 +358,104 @@ def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> No
     if errs: raise ValueError("; ".join(errs))
 
 # %% ../nbs/00_core.ipynb
-SFT_LONG = "sft/long.jsonl"  # stage 04's synthesized long instruction records, read by 05 and (to avoid them) 08
-SFT_MIX = "sft/mix.jsonl"    # stage 04's SFT mix of long and short records, which stage 05 trains on
+RUN_MODELS = "models/"  # how a parameter names a model in the run folder: `models/<name>[/phase-<k>]/final`
+FINAL = "final"         # the sub-folder of a training output that holds its last weights
 
-# %% ../nbs/00_core.ipynb
 class RunDir:
-    "Paths inside one run folder; `stage` names the calling stage's own sub-folder."
+    "Every path a stage reads or writes inside one run folder, named here and nowhere else."
     def __init__(self, root, stage: str | None = None):
-        self.root = Path(root).expanduser().resolve(); self.stage = stage
+        self.root = Path(root).expanduser().resolve()
+        self.stage = stage  # the calling stage's own sub-folder, e.g. "02_upsample"
         self.root.mkdir(parents=True, exist_ok=True)
+
     def __repr__(self): return f"RunDir({str(self.root)!r}, stage={self.stage!r})"
-    def path(self, *parts) -> Path: return self.root.joinpath(*parts)
+
+    def path(self, *parts) -> Path:
+        "A path under the run folder, for names this class does not define (tests, one-off files)."
+        return self.root.joinpath(*parts)
+
+    @property
+    def data_json(self) -> Path:
+        "Stage 01's pointers to the corpus splits and the tokenizer, read by every later stage."
+        return self.root / "data.json"
+
+    @property
+    def manifest(self) -> Path:
+        "The runner's record of every stage run here."
+        return self.root / "manifest.json"
+
+    def corpus(self, split: str | None = None, source: str = "corpus") -> Path:
+        "The sample corpus (`source='corpus'`) or a split of a given corpus (`'corpus_split'`), or one split of it."
+        return self.root / source / split if split else self.root / source
+
+    @property
+    def tokenizer(self) -> Path:
+        "The tokenizer stage 01 trains (when the run does not name a pretrained one)."
+        return self.root / "tokenizer"
+
+    def tokens(self, split: str = "train") -> Path:
+        "Stage 02's token store of one corpus split."
+        return self.root / "tokens" / split
+
+    def upsampled(self, strategy: str) -> Path:
+        "Stage 02's fixed-length sequences for one data strategy."
+        return self.root / "upsampled" / strategy
+
+    def model_ref(self, name: str, phase: int | None = None) -> str:
+        "The name a profile uses for a run-folder model (what `models.resolve_model` understands)."
+        return f"{RUN_MODELS}{name}/" + (f"phase-{phase}/" if phase is not None else "") + FINAL
+
+    def train_dir(self, name: str, phase: int | None = None) -> Path:
+        "The folder one training run writes (its log, key, checkpoints and `final`)."
+        d = self.root / RUN_MODELS.rstrip("/") / name
+        return d / f"phase-{phase}" if phase is not None else d
+
+    def model(self, name: str, phase: int | None = None) -> Path:
+        "The weights a training run leaves: `models/<name>[/phase-<k>]/final`."
+        return self.train_dir(name, phase) / FINAL
+
+    def sft(self, name: str) -> Path:
+        "Supervised fine-tuning data under `sft/`: stage 04's `SFT_LONG` and `SFT_MIX`, stage 05's `samples.json`."
+        return self.root / "sft" / name
+
     @property
     def stage_dir(self) -> Path:
+        "This stage's own sub-folder (created on first use)."
         if not self.stage: raise ValueError("RunDir has no stage: pass stage='01_mixture'")
-        p = self.root / self.stage; p.mkdir(parents=True, exist_ok=True); return p
+        p = self.root / self.stage
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
     def figure_path(self, name: str) -> Path:
-        p = self.stage_dir / "figures" / name; p.parent.mkdir(parents=True, exist_ok=True); return p
+        "A figure of this stage: `<stage>/figures/<name>`."
+        p = self.stage_dir / "figures" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
     def table_path(self, name: str) -> Path:
-        p = self.stage_dir / "tables" / name; p.parent.mkdir(parents=True, exist_ok=True); return p
+        "A table of this stage: `<stage>/tables/<name>`."
+        p = self.stage_dir / "tables" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def metrics_path(self, stage: str | None = None) -> Path:
+        "A stage's `metrics.json` (this stage's by default)."
+        return self.root / (stage or self.stage) / "metrics.json"
+
     def write_metrics(self, metrics: dict) -> Path:
         "Merge `metrics` into this stage's `metrics.json` (atomically)."
-        p = self.stage_dir / "metrics.json"
+        self.stage_dir
+        p = self.metrics_path()
         return write_json(p, {**read_json(p, {}), **metrics})
-    def metrics(self, stage: str | None = None) -> dict:
-        return read_json(self.root / (stage or self.stage) / "metrics.json", {})
 
+    def metrics(self, stage: str | None = None) -> dict:
+        "A stage's metrics as written so far (empty when it has not run)."
+        return read_json(self.metrics_path(stage), {})
+
+SFT_LONG = "sft/long.jsonl"  # stage 04's long instruction records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
+SFT_MIX = "sft/mix.jsonl"    # stage 04's mix of long and short records, which stage 05 trains on: run.path(SFT_MIX)
+
+# %% ../nbs/00_core.ipynb
 def save_figure(fig, path, dpi: int = 110) -> Path:
     "Save a matplotlib figure as PNG atomically with fixed metadata, so the same data gives the same bytes."
     with atomic_path(path, suffix=".png") as t:

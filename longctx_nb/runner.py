@@ -11,11 +11,11 @@ from pathlib import Path
 import nbformat
 from tqdm.auto import tqdm
 
-from .core import (RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
+from .core import (RUN_MODELS, RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
                              write_json, read_json, atomic_path, path_key)
 from .check import CheckReport, check_stages
 from .corpus import corpus_key
-from .models import RUN_MODELS, model_main
+from .models import model_main
 
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
