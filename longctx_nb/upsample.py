@@ -27,7 +27,7 @@ __all__ = ['DOC_DTYPE', 'TokenStore', 'build_token_store', 'domain_profile', 'st
 # %% ../nbs/02_upsample.ipynb
 DOC_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i4"), ("domain", "<i1")])
 
-def _id_dtype(vocab_size: int): return np.uint16 if vocab_size <= 65536 else np.uint32
+def _id_dtype(vocab_size: int): return np.uint16 if vocab_size <= 65536 else np.uint32  # the smallest that holds ids
 
 def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64):
     "Tokenize one corpus file into `out_dir/<name>.{bin,docs.npy}` (atomic); returns its error counts."
