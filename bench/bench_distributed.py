@@ -15,7 +15,7 @@ import argparse, gc, json, time
 
 import torch
 
-from longctx_nb.distributed import SHAPES, Layout, Shape, max_seq_len, mfu, plan_memory, train_flops
+from longctx_nb.parallel import SHAPES, Layout, Shape, max_seq_len, mfu, plan_memory, train_flops
 from longctx_nb.train import chunked_lm_loss, tile_mlp
 
 

@@ -7,7 +7,8 @@ and the ratio to naive batching; methods alternate over two rounds and the best 
 import json, sys
 from pathlib import Path
 
-from longctx_nb.packing import plan_batches, real_fraction, time_epoch
+from longctx_nb.batching import plan_batches, real_fraction
+from longctx_nb.packing import time_epoch
 from longctx_nb.train import load_model
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longctx_nb.distributed import ds_config, launch, Layout, plan_memory, max_seq_len, SHAPES
-from longctx_nb.packing import collate
+from longctx_nb.batching import collate
+from longctx_nb.distributed import launch
+from longctx_nb.parallel import ds_config, Layout, plan_memory, max_seq_len, SHAPES
 from longctx_nb.train import TrainConfig, check_parallel, chunked_lm_loss, tile_mlp, tiny_llama, train_lm, weighted_lm_loss
 
 V = 97
@@ -153,4 +154,4 @@ def test_planner_orders_layouts_sensibly():
     off = Layout(gpus=1, zero=3, offload_optimizer=True, offload_params=True, tiled_mlp=8, act_offload=True, loss_chunk=4096)
     L1 = max_seq_len(sh, off, 80 * GiB)
     assert 100_000 < L1 < 2_000_000
-    assert max_seq_len(sh, Layout(gpus=8, sp=8, loss_chunk=4096, tiled_mlp=8), 80 * GiB) > L1
+    assert max_seq_len(sh, Layout(gpus=8, sp_size=8, loss_chunk=4096, tiled_mlp=8), 80 * GiB) > L1

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from longctx_nb.packing import collate, plan_batches, real_fraction
+from longctx_nb.batching import collate, plan_batches, real_fraction
 from longctx_nb.train import tiny_llama, weighted_lm_loss
 
 
