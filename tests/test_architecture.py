@@ -56,7 +56,8 @@ def test_stages_import_no_stage_and_no_cycle():
 def test_module_text(path):
     src = path.read_text(encoding="utf-8")
     t = ast.parse(src)
-    long = [i for i, line in enumerate(src.splitlines(), 1) if len(line) > 120]
+    long = [i for i, line in enumerate(src.splitlines(), 1) if len(line) > 120
+            and not line.startswith("__all__ = ")]  # nbdev wraps `__all__` at 120 before prefixing its name
     assert not long, f"{path.name}: lines over 120 characters: {long[:10]}"
     semi = [tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(src).readline)
             if tok.type == tokenize.OP and tok.string == ";"]
