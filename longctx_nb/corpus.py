@@ -127,6 +127,7 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         raise _Truncated(len(held[0]) if held else 0) from None
     if held: yield held.pop()
 
+# %% ../nbs/00b_corpus.ipynb
 def iter_jsonl(path, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file."
     path, n, i = Path(path), 0, 0
@@ -173,6 +174,7 @@ def iter_hf(name: str, split: str = "train", on_error="raise", log: ErrorLog | N
     for i, rec in enumerate(ds):
         if (d := record_to_doc(rec, f"{name}:{split}:row {i}", on_error, log)) is not None: yield d
 
+# %% ../nbs/00b_corpus.ipynb
 CORPUS_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz", ".parquet")  # a folder scan takes these; name others explicitly
 
 def corpus_files(spec) -> list[Path]:

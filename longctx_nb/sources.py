@@ -204,8 +204,8 @@ def news_post(s: str) -> str:
     return (subj + "\n\n" + body.strip()).strip()
 
 # %% ../nbs/00a_sources.ipynb
-class _RReader:
-    "Minimal reader of R's XDR serialization format (versions 2 and 3)."
+class _XDR:
+    "The byte level of R's XDR serialization (versions 2 and 3): big-endian integers, lengths, the header."
     def __init__(self, b: bytes): self.b, self.i, self.refs = b, 0, []  # bytes, read position, back-references
 
     def int(self):
@@ -239,6 +239,9 @@ class _RReader:
         flags = self.int()
         return flags, flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
 
+# %% ../nbs/00a_sources.ipynb
+class _RReader(_XDR):
+    "Minimal reader of R's XDR serialization format (versions 2 and 3)."
     def item(self):
         "The next serialized object as a Python value."
         flags, t, has_attr, has_tag = self._flags()
@@ -284,6 +287,7 @@ class _RReader:
             if isinstance(attrs, dict) and "names" in attrs and t == 19: v = dict(zip(attrs["names"], v))
         return v
 
+# %% ../nbs/00a_sources.ipynb
 def read_r_lazyload(rdx: Path) -> dict:
     "All objects of an R lazy-load database (`X.rdx` beside `X.rdb`) as Python values."
     rdx = Path(rdx)
@@ -460,6 +464,7 @@ class Source:
         root = unpack(self.archive(), self.members, cache_dir("unpacked") / self.name)
         yield from self.read(root)
 
+# %% ../nbs/00a_sources.ipynb
 _GENSIM = "gensim==4.4.0"
 _DOC = "usr/share/doc"
 _PAGES = 200_000  # max_chars of an HTML page: longer ones are index pages and the like
