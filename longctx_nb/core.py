@@ -36,12 +36,13 @@ def domain_name(d: str) -> str:
 def cache_dir(*parts) -> Path:
     "The download cache (`$LONGCTX_CACHE`, default `~/.cache/longctx_nb`), created on demand."
     root = Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx_nb")).expanduser()
-    p = root.joinpath(*parts); p.mkdir(parents=True, exist_ok=True)
+    p = root.joinpath(*parts)
+    p.mkdir(parents=True, exist_ok=True)
     return p
 
 def package_dir() -> Path:
     "The installed `longctx_nb` package folder (works in notebooks, where `__file__` is undefined)."
-    import importlib.util
+    import importlib.util  # the one function that needs it
     return Path(importlib.util.find_spec("longctx_nb").origin).resolve().parent
 
 def repo_root() -> Path | None:
@@ -53,9 +54,11 @@ def repo_root() -> Path | None:
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     "Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd); tmp = Path(tmp)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         yield tmp
         if tmp.exists(): os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs follow the user's umask
@@ -109,6 +112,7 @@ def swap_dir(new, dest) -> Path:
     if old.exists(): shutil.rmtree(old)
     return dest
 
+# %% ../nbs/00_core.ipynb
 class JsonlRecords(list):
     "Records read from a JSONL file; `unreadable` counts bad lines, `torn` is a partial last line (bytes) if any."
     unreadable: int = 0
@@ -135,6 +139,7 @@ def read_jsonl(path, strict: bool = False) -> JsonlRecords:
                          "repair or remove them (results are not complete)")
     return out
 
+# %% ../nbs/00_core.ipynb
 def _repair_tail(f, path: Path) -> None:
     "Before appending: end a complete last record with a newline, or move a torn one to `<name>.torn`."
     size = f.seek(0, os.SEEK_END)
@@ -179,10 +184,12 @@ def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and (if installed) PyTorch."
     random.seed(seed)
     try:
-        import numpy as np; np.random.seed(seed % 2**32)
+        import numpy as np  # optional here: seeded when installed
+        np.random.seed(seed % 2**32)
     except ImportError: pass
     try:
-        import torch; torch.manual_seed(seed)
+        import torch  # optional and heavy: imported only to seed it
+        torch.manual_seed(seed)
     except ImportError: pass
 
 def stable_hash(*parts, bits: int = 64) -> int:
@@ -228,6 +235,10 @@ def stable_key(*parts) -> str:
 # %% ../nbs/00_core.ipynb
 PROFILES_DIR = package_dir() / "profiles"
 
+def _one_line(e) -> str:
+    "An error's message on one line."
+    return " ".join(str(e).split())
+
 def load_profile(profile: str | Path | dict = "cpu") -> dict:
     "Load a profile by name (`cpu`, `gpu`), from a YAML file, or pass a dict through; validates its shape."
     if isinstance(profile, dict): prof, src = profile, "<dict>"
@@ -244,7 +255,8 @@ def load_profile(profile: str | Path | dict = "cpu") -> dict:
     if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
         raise ValueError(f"{src}: `stages:` must map a stage number to a mapping of parameters")
     return {"common": {k: _expand(v) for k, v in prof.items() if k != "stages"},
-            "stages": {str(k).zfill(2): {kk: _expand(vv) for kk, vv in v.items()} for k, v in stages.items()}, "source": src}
+            "stages": {str(k).zfill(2): {kk: _expand(vv) for kk, vv in v.items()} for k, v in stages.items()},
+            "source": src}
 
 def _expand(v):
     "Expand `$VARS` and `~` in string values (cluster paths), recursively."
@@ -253,6 +265,7 @@ def _expand(v):
     if isinstance(v, dict): return {k: _expand(x) for k, x in v.items()}
     return v
 
+# %% ../nbs/00_core.ipynb
 def parse_override(s: str) -> tuple[str | None, str, Any]:
     "Parse `-p key=value` or `-p 01.key=value` into (stage or None, key, YAML-typed value)."
     if "=" not in s: raise ValueError(f"override {s!r} is not key=value")
@@ -263,12 +276,11 @@ def parse_override(s: str) -> tuple[str | None, str, Any]:
         raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
     return (stage.zfill(2) if stage else None), key.strip(), val
 
-def _one_line(e) -> str: return " ".join(str(e).split())
-
 def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -> dict[str, dict]:
     "Per-stage parameters from a loaded profile and overrides; `declared` maps stage -> its parameters cell."
     out = {s: {} for s in declared}
-    common = dict(profile["common"]); per = {s: dict(v) for s, v in profile["stages"].items()}
+    common = dict(profile["common"])
+    per = {s: dict(v) for s, v in profile["stages"].items()}
     for stage, key, val in map(parse_override, overrides):
         (per.setdefault(stage, {}) if stage else common)[key] = val
     for key, val in common.items():
@@ -318,6 +330,7 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}
 
+# %% ../nbs/00_core.ipynb
 def param_rule(stage: str, key: str, default) -> dict:
     "The rule a parameter's value must meet: `type`, and optionally `min`, `max`, `choices`, `each` (list items)."
     rule = {**PARAM_RULES["*"].get(key, {}), **PARAM_RULES.get(stage, {}).get(key, {})}
@@ -325,6 +338,7 @@ def param_rule(stage: str, key: str, default) -> dict:
     return rule
 
 def _is(v, t) -> bool:
+    "Whether `v` is of type `t` (a float rule takes ints, an int rule refuses bools, None means null)."
     if t is None or t is type(None): return v is None
     if t is float: return type(v) in (int, float)
     if t is int: return type(v) is int
@@ -452,7 +466,7 @@ class RunDir:
         "A stage's metrics as written so far (empty when it has not run)."
         return read_json(self.metrics_path(stage), {})
 
-SFT_LONG = "sft/long.jsonl"  # stage 04's long instruction records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
+SFT_LONG = "sft/long.jsonl"  # stage 04's long records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
 SFT_MIX = "sft/mix.jsonl"    # stage 04's mix of long and short records, which stage 05 trains on: run.path(SFT_MIX)
 
 # %% ../nbs/00_core.ipynb
@@ -465,7 +479,7 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
 # %% ../nbs/00_core.ipynb
 def plot_theme(font_scale: float = 1.0):
     "Set the suite's figure style (seaborn `whitegrid`, `notebook` context); plot functions call it before drawing."
-    import seaborn as sns
+    import seaborn as sns  # heavy: imported only when drawing
     sns.set_theme(context="notebook", style="whitegrid", palette="tab10", font_scale=font_scale,
                   rc={"axes.titlesize": 12, "figure.titlesize": 12, "legend.fontsize": 9, "legend.title_fontsize": 9})
 
@@ -473,7 +487,7 @@ def plot_theme(font_scale: float = 1.0):
 def package_versions(names=("longctx_nb", "torch", "transformers", "tokenizers", "datasets", "numpy",
                              "pandas", "matplotlib", "papermill", "nbdev")) -> dict:
     "Installed versions of the packages that shape results (None where absent)."
-    from importlib.metadata import version, PackageNotFoundError
+    from importlib.metadata import version, PackageNotFoundError  # only the manifest needs it
     out = {"python": sys.version.split()[0]}
     for n in names:
         try: out[n] = version(n)

@@ -4,10 +4,11 @@
 
 # %% ../nbs/01_mixture.ipynb 2
 from __future__ import annotations
-import math, os, time
+import math, multiprocessing, os, time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ __all__ = ['BINS_PER_OCTAVE', 'length_bin', 'bin_upper', 'DomainStats', 'corpus_
 
 # %% ../nbs/01_mixture.ipynb
 BINS_PER_OCTAVE = 8
+
 def length_bin(n: int) -> int:
     "Histogram bin of a document of `n` tokens (log-spaced, `BINS_PER_OCTAVE` per doubling)."
     return 0 if n < 1 else int(math.log2(n) * BINS_PER_OCTAVE)
@@ -42,23 +44,40 @@ class DomainStats:
     hist_docs: dict = field(default_factory=dict)    # bin -> documents
     hist_tokens: dict = field(default_factory=dict)  # bin -> tokens
     sources: dict = field(default_factory=dict)      # meta.source -> [docs, tokens]
+
     def add(self, n: int, chars: int, origin: str, source: str | None, thresholds):
-        self.docs += 1; self.tokens += n; self.chars += chars
+        "Count one document of `n` tokens and `chars` characters (`origin`: where it was read; `source`: meta.source)."
+        self.docs += 1
+        self.tokens += n
+        self.chars += chars
         if n > self.longest: self.longest, self.longest_origin = n, origin
         for t in thresholds:
             if n > t: self.above[t] = self.above.get(t, 0) + n
-        b = length_bin(n); self.hist_docs[b] = self.hist_docs.get(b, 0) + 1; self.hist_tokens[b] = self.hist_tokens.get(b, 0) + n
-        if source is not None: s = self.sources.setdefault(source, [0, 0]); s[0] += 1; s[1] += n
+        b = length_bin(n)
+        self.hist_docs[b] = self.hist_docs.get(b, 0) + 1
+        self.hist_tokens[b] = self.hist_tokens.get(b, 0) + n
+        if source is not None:
+            s = self.sources.setdefault(source, [0, 0])
+            s[0] += 1
+            s[1] += n
+
     def merge(self, o: "DomainStats"):
-        self.docs += o.docs; self.tokens += o.tokens; self.chars += o.chars
+        "Add the statistics of `o` (another shard of the same domain) to these; returns self."
+        self.docs += o.docs
+        self.tokens += o.tokens
+        self.chars += o.chars
         if o.longest > self.longest: self.longest, self.longest_origin = o.longest, o.longest_origin
         for a, b in ((self.above, o.above), (self.hist_docs, o.hist_docs), (self.hist_tokens, o.hist_tokens)):
             for k, v in b.items(): a[k] = a.get(k, 0) + v
-        for k, (d, t) in o.sources.items(): s = self.sources.setdefault(k, [0, 0]); s[0] += d; s[1] += t
+        for k, (d, t) in o.sources.items():
+            s = self.sources.setdefault(k, [0, 0])
+            s[0] += d
+            s[1] += t
         return self
 
 # %% ../nbs/01_mixture.ipynb
 def _stats_for(spec, tok_path, thresholds, on_error, batch_docs=64, max_docs=None, progress=True):
+    "Statistics and error log of the corpus files `spec`, counted with the tokenizer at `tok_path` (or a tokenizer)."
     tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path
     stats, log, batch, seen = defaultdict(DomainStats), ErrorLog(), [], 0
     def flush():
@@ -66,7 +85,8 @@ def _stats_for(spec, tok_path, thresholds, on_error, batch_docs=64, max_docs=Non
             stats[d.domain].add(n, len(d.text), d.origin, d.meta.get("source"), thresholds)
         batch.clear()
     for d in tqdm(iter_docs(spec, on_error, log), desc="documents", disable=not progress, mininterval=2):
-        batch.append(d); seen += 1
+        batch.append(d)
+        seen += 1
         if len(batch) >= batch_docs: flush()
         if max_docs and seen >= max_docs: break
     flush()
@@ -78,22 +98,25 @@ def corpus_stats(spec, tok_path, thresholds=(4096, 32768, 131072), on_error="rai
     thresholds = tuple(thresholds)
     if num_proc <= 1 or (isinstance(spec, str) and spec.startswith("hf:")) or max_docs:
         return _stats_for(spec, tok_path, thresholds, on_error, max_docs=max_docs, progress=progress)
-    files = corpus_files(spec); parts = [files[i::num_proc] for i in range(num_proc)]
+    files = corpus_files(spec)
+    parts = [files[i::num_proc] for i in range(num_proc)]
     stats, log = defaultdict(DomainStats), ErrorLog()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    import multiprocessing as mp
-    from longctx_nb import mixture as _self  # workers import the module, not the notebook
-    with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn")) as ex:
-        for s, l in ex.map(_self._stats_for, [p for p in parts if p], [str(tok_path)] * num_proc,
-                           [thresholds] * num_proc, [on_error] * num_proc, [64] * num_proc, [None] * num_proc, [False] * num_proc):
+    # `_stats_for` is a top-level function of this module, so a spawned worker imports it by name (in the notebook
+    # the name is bound to the exported module's function, see below)
+    work = partial(_stats_for, tok_path=str(tok_path), thresholds=thresholds, on_error=on_error, batch_docs=64,
+                   max_docs=None, progress=False)
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for s, l in ex.map(work, [p for p in parts if p]):
             for d, v in s.items(): stats[d].merge(v)
-            log.counts.update(l.counts); log.examples += l.examples[:20 - len(log.examples)]
+            log.counts.update(l.counts)
+            log.examples += l.examples[:20 - len(log.examples)]
     return dict(stats), log
 
 # %% ../nbs/01_mixture.ipynb
 def mixture_table(stats: dict, thresholds=(4096, 32768, 131072)):
     "Per-domain summary as a DataFrame (domains in SlimPajama order, then a total row)."
-    import pandas as pd
+    import pandas as pd  # heavy: imported only when a table is made
     total = sum(s.tokens for s in stats.values()) or 1
     rows = []
     for d in [d for d in DOMAINS if d in stats] + sorted(set(stats) - set(DOMAINS)):
@@ -106,50 +129,87 @@ def mixture_table(stats: dict, thresholds=(4096, 32768, 131072)):
     all_ = DomainStats()
     for s in stats.values(): all_.merge(s)
     r = {"domain": "all", "docs": all_.docs, "tokens": all_.tokens, "token_share": 1.0, "slimpajama_share": 1.0,
-         "mean_doc_tokens": all_.tokens / max(all_.docs, 1), "longest_doc_tokens": all_.longest, "longest_doc": all_.longest_origin}
+         "mean_doc_tokens": all_.tokens / max(all_.docs, 1), "longest_doc_tokens": all_.longest,
+         "longest_doc": all_.longest_origin}
     for t in thresholds: r[f"share_tokens_over_{t // 1024}K"] = all_.above.get(t, 0) / max(all_.tokens, 1)
     return pd.DataFrame(rows + [r])
 
 # %% ../nbs/01_mixture.ipynb
 def _colors():
-    import matplotlib.pyplot as plt
-    cm = plt.get_cmap("tab10"); return {d: cm(i) for i, d in enumerate(DOMAINS)}
+    "One tab10 colour per domain, the same in every figure."
+    import matplotlib.pyplot as plt  # heavy: imported only when drawing
+    cm = plt.get_cmap("tab10")
+    return {d: cm(i) for i, d in enumerate(DOMAINS)}
 
 def plot_domain_mix(stats, ax=None):
     "Bar chart: each domain's share of tokens in the corpus beside SlimPajama's."
-    import matplotlib.pyplot as plt, numpy as np
-    plot_theme(); ax = ax or plt.subplots(figsize=(7, 3.4))[1]; doms = [d for d in DOMAINS if d in stats]
-    total = sum(stats[d].tokens for d in doms) or 1; x = np.arange(len(doms))
+    import matplotlib.pyplot as plt, numpy as np  # heavy: imported only when drawing
+    plot_theme()
+    ax = ax or plt.subplots(figsize=(7, 3.4))[1]
+    doms = [d for d in DOMAINS if d in stats]
+    total = sum(stats[d].tokens for d in doms) or 1
+    x = np.arange(len(doms))
     ax.bar(x - 0.2, [stats[d].tokens / total for d in doms], 0.4, label="this corpus")
     ax.bar(x + 0.2, [SLIMPAJAMA_MIX[d] for d in doms], 0.4, label="SlimPajama", alpha=0.6)
-    ax.set_xticks(x, [SHORT[d] for d in doms], rotation=20); ax.set_ylabel("share of all tokens"); ax.set_xlabel("domain"); ax.legend()
-    ax.set_title("Domain mixture: this corpus against SlimPajama"); return ax.figure
+    ax.set_xticks(x, [SHORT[d] for d in doms], rotation=20)
+    ax.set_ylabel("share of all tokens")
+    ax.set_xlabel("domain")
+    ax.legend()
+    ax.set_title("Domain mixture: this corpus against SlimPajama")
+    return ax.figure
 
+# %% ../nbs/01_mixture.ipynb
 def plot_length_cdf(stats, thresholds=(4096, 32768, 131072), ax=None):
     "Token-weighted CDF of document length per domain (log x)."
-    import matplotlib.pyplot as plt
-    plot_theme(); ax = ax or plt.subplots(figsize=(6, 4))[1]; col = _colors()
+    import matplotlib.pyplot as plt  # heavy: imported only when drawing
+    plot_theme()
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    col = _colors()
     for d in [d for d in DOMAINS if d in stats]:
-        s = stats[d]; bins = sorted(s.hist_tokens); c = 0; xs, ys = [], []
-        for b in bins: c += s.hist_tokens[b]; xs.append(bin_upper(b)); ys.append(c / max(s.tokens, 1))
+        s = stats[d]
+        c, xs, ys = 0, [], []
+        for b in sorted(s.hist_tokens):
+            c += s.hist_tokens[b]
+            xs.append(bin_upper(b))
+            ys.append(c / max(s.tokens, 1))
         ax.step(xs, ys, where="post", label=SHORT[d], color=col[d])
-    for t in thresholds: ax.axvline(t, color="grey", ls=":", lw=1); ax.text(t, 0.02, f" {t // 1024}K", color="grey", fontsize=8)
-    ax.set_xscale("log"); ax.set_xlabel("document length (tokens)"); ax.set_ylabel("share of tokens in docs ≤ x")
-    ax.legend(title="domain", loc="upper left", bbox_to_anchor=(1.01, 1)); ax.set_title("Where each domain's tokens sit, by document length"); return ax.figure
+    for t in thresholds:
+        ax.axvline(t, color="grey", ls=":", lw=1)
+        ax.text(t, 0.02, f" {t // 1024}K", color="grey", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("share of tokens in docs ≤ x")
+    ax.legend(title="domain", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title("Where each domain's tokens sit, by document length")
+    return ax.figure
+
+# %% ../nbs/01_mixture.ipynb
+def _long_share(s: DomainStats, t: int) -> float:
+    "Share of a domain's tokens in documents longer than `t` tokens."
+    return s.above.get(t, 0) / max(s.tokens, 1)
 
 def plot_length_bands(stats, thresholds=(4096, 32768, 131072), ax=None):
     "Stacked bars: each domain's tokens by length band."
-    import matplotlib.pyplot as plt
-    plot_theme(); ax = ax or plt.subplots(figsize=(7, 3.8))[1]; doms = [d for d in DOMAINS if d in stats] + ["all"]
+    import matplotlib.pyplot as plt  # heavy: imported only when drawing
+    plot_theme()
+    ax = ax or plt.subplots(figsize=(7, 3.8))[1]
+    doms = [d for d in DOMAINS if d in stats] + ["all"]
     all_ = DomainStats()
     for s in stats.values(): all_.merge(s)
-    st = {**stats, "all": all_}; edges = [0, *thresholds]
+    st = {**stats, "all": all_}
+    edges = [0, *thresholds]
     labels = [f"{a // 1024}K–{b // 1024}K" for a, b in zip(edges, edges[1:])] + [f">{edges[-1] // 1024}K"]
     left = [0.0] * len(doms)
     for i, lab in enumerate(labels):
-        hi = lambda s, t: s.above.get(t, 0) / max(s.tokens, 1)
-        vals = [(1 - hi(st[d], edges[1]) if i == 0 else hi(st[d], edges[i]) - (hi(st[d], edges[i + 1]) if i + 1 < len(edges) else 0)) for d in doms]
-        ax.barh([SHORT.get(d, d) for d in doms], vals, left=left, label=lab); left = [a + b for a, b in zip(left, vals)]
-    ax.invert_yaxis(); ax.set_xlabel("share of the domain's tokens"); ax.set_ylabel("domain")
+        if i == 0: vals = [1 - _long_share(st[d], edges[1]) for d in doms]
+        else:
+            vals = [_long_share(st[d], edges[i]) - (_long_share(st[d], edges[i + 1]) if i + 1 < len(edges) else 0)
+                    for d in doms]
+        ax.barh([SHORT.get(d, d) for d in doms], vals, left=left, label=lab)
+        left = [a + b for a, b in zip(left, vals)]
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the domain's tokens")
+    ax.set_ylabel("domain")
     ax.legend(ncol=len(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0), title="document length (tokens)")
-    ax.set_title("Each domain's tokens by document length", pad=52); return ax.figure
+    ax.set_title("Each domain's tokens by document length", pad=52)
+    return ax.figure

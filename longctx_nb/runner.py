@@ -4,15 +4,15 @@
 
 # %% ../nbs/00d_runner.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, glob, hashlib, json, os, shutil, socket, sys, time, traceback
+import argparse, ast, contextlib, glob, hashlib, json, os, re, shutil, socket, sys, time, traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
 from tqdm.auto import tqdm
 
-from .core import (RUN_MODELS, RunDir, load_profile, resolve_parameters, package_versions, git_commit, repo_root,
-                             write_json, read_json, atomic_path, path_key)
+from .core import (RUN_MODELS, RunDir, load_profile, resolve_parameters, package_versions, git_commit,
+                             repo_root, write_json, read_json, atomic_path, path_key)
 from .check import CheckReport, check_stages
 from .corpus import corpus_key
 from .models import model_main
@@ -20,18 +20,20 @@ from .models import model_main
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
            'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete',
-           'check_upstream', 'resolve_stages', 'check', 'kernel_config', 'write_provenance', 'StageFailed', 'run',
-           'publish_figures', 'main']
+           'check_upstream', 'resolve_stages', 'check', 'kernel_config', 'write_provenance', 'publish_figures',
+           'StageFailed', 'run', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
     "The notebooks folder of this checkout (`$LONGCTX_NBS` overrides)."
     if (p := os.environ.get("LONGCTX_NBS")): return Path(p)
     root = repo_root()
-    if root is None: raise FileNotFoundError("stage notebooks not found: run from a checkout (pip install -e .) or set LONGCTX_NBS")
+    if root is None:
+        raise FileNotFoundError("stage notebooks not found: run from a checkout (pip install -e .) or set LONGCTX_NBS")
     return root / "nbs"
 
 def _param_cells(nb) -> list:
+    "The code cells of a notebook tagged `parameters`."
     return [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
 
 def stage_notebooks(nbs=None) -> dict[str, Path]:
@@ -41,23 +43,25 @@ def stage_notebooks(nbs=None) -> dict[str, Path]:
         sid = p.name.split("_")[0]
         if sid.startswith("00"): continue
         cells = _param_cells(nbformat.read(p, as_version=4))
-        if len(cells) != 1: raise ValueError(f"{p}: a stage notebook needs exactly one cell tagged 'parameters', found {len(cells)}")
+        if len(cells) != 1:
+            raise ValueError(f"{p}: a stage notebook needs exactly one cell tagged 'parameters', found {len(cells)}")
         out[sid] = p
     return out
 
 def stage_parameters(nb_path) -> dict:
     "The parameters a stage notebook declares: name -> default, read from the `parameters` cell's syntax tree."
-    import ast
     cell = _param_cells(nbformat.read(nb_path, as_version=4))[0]
     try: tree = ast.parse(cell.source)
     except SyntaxError as e: raise ValueError(f"{nb_path}: parameters cell, line {e.lineno}: {e.msg}") from None
     out = {}
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else getattr(node, "target", None)
+        single = isinstance(node, ast.Assign) and len(node.targets) == 1
+        target = node.targets[0] if single else getattr(node, "target", None)
+        where = f"{nb_path}: parameters cell, line {node.lineno}"
         if not isinstance(node, (ast.Assign, ast.AnnAssign)) or not isinstance(target, ast.Name):
-            raise ValueError(f"{nb_path}: parameters cell, line {node.lineno}: only `name = literal` assignments are allowed")
+            raise ValueError(f"{where}: only `name = literal` assignments are allowed")
         try: out[target.id] = ast.literal_eval(node.value)
-        except ValueError: raise ValueError(f"{nb_path}: parameters cell, line {node.lineno}: {target.id} needs a literal default") from None
+        except ValueError: raise ValueError(f"{where}: {target.id} needs a literal default") from None
     return out
 
 def select_stages(all_: dict, stages=None) -> dict:
@@ -93,7 +97,12 @@ def input_keys(params: dict) -> dict:
 class RunLocked(RuntimeError):
     "Another `longctx run` is using this run folder."
 
+def _now() -> str:
+    "The current UTC time to the second, as the lock and the manifest record it."
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
 def _alive(pid: int) -> bool:
+    "Whether process `pid` exists on this host."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
@@ -103,8 +112,7 @@ def _alive(pid: int) -> bool:
 def run_lock(root):
     "Hold `root/.longctx.lock` during one run; a live holder makes this refuse, a dead one's lock is taken over."
     lock = Path(root) / ".longctx.lock"
-    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": since}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
     for attempt in range(2):
         try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -126,6 +134,7 @@ def run_lock(root):
         with contextlib.suppress(OSError, json.JSONDecodeError):
             if json.loads(lock.read_text()) == me: lock.unlink()
 
+# %% ../nbs/00d_runner.ipynb
 RUN_CORPUS = "corpus:"  # how a parameter names the run's corpus (models.RUN_MODELS: a run-folder model)
 STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter: marker}: only when a value holds it}
     "02": {"01": None}, "03": {"01": None, "02": None}, "05": {"01": None, "03": {"model": RUN_MODELS}},
@@ -133,7 +142,7 @@ STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter:
     "06": {"01": {"launch_only": "false"}, "02": {"launch_only": "false"}},  # launch_only: reads nothing
     "07": {"01": {"models": RUN_MODELS, "haystack": RUN_CORPUS}, "03": {"models": RUN_MODELS},
            "05": {"models": RUN_MODELS}},
-    "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}  # 08's fixture: the corpus if any, else the essays
+    "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}  # 08's fixture: the corpus, else the essays
 
 class UpstreamIncomplete(RuntimeError):
     "A stage would read the outputs of a stage that did not complete."
@@ -170,30 +179,98 @@ def check(profile="cpu", stages=None, run_dir=None, params=(), nbs=None, alloc=N
 PROVENANCE = "provenance.json"
 
 def kernel_config():
-    "Kernels talk to papermill over local IPC sockets: no TCP ports, and no \"Kernel is running over TCP\" warning per stage."
-    from traitlets.config import Config
+    "Kernels talk to papermill over local IPC sockets: no TCP ports, no \"Kernel is running over TCP\" warning."
+    from traitlets.config import Config  # papermill's dependency: imported when stages run
     return Config({"KernelManager": {"transport": "ipc"}})
 
 def write_provenance(fig_dir, **prov) -> Path | None:
-    "Write `provenance.json` beside a stage's figures: where they come from (`prov`: profile, run, commit, date) and each PNG's sha256."
-    fig_dir = Path(fig_dir); pngs = sorted(fig_dir.glob("*.png"))
+    "Write `provenance.json` beside a stage's figures: where they come from and each PNG's sha256."
+    # prov: profile, run, commit, date
+    fig_dir = Path(fig_dir)
+    pngs = sorted(fig_dir.glob("*.png"))
     if not pngs: return None
     figs = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in pngs}
     write_json(fig_dir / PROVENANCE, {**prov, "figures": figs})
     return fig_dir / PROVENANCE
+
+def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
+    "Copy a stage's figures from the run folder into the checkout's `figures/<stage>/` (the curated copies)."
+    src = Path(run_dir) / stage / "figures"
+    dest = Path(dest or (repo_root() or Path.cwd()) / "figures") / stage
+    out = []
+    for f in sorted(src.glob("*.png")):
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, dest / f.name)
+        out.append(dest / f.name)
+    if out and (src / PROVENANCE).exists(): shutil.copyfile(src / PROVENANCE, dest / PROVENANCE)
+    return out
 
 # %% ../nbs/00d_runner.ipynb
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the stage, cell and error."
 
 def _cell_error(e) -> str:
+    "A papermill error as `cell N: Error: message` and the end of its traceback, colour codes removed."
     ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
     idx = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
     tb = "\n".join(getattr(e, "traceback", []) or [])
-    import re
     tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)
     return f"cell {idx}: {ename}: {evalue}\n{tb[-3000:]}"
 
+# %% ../nbs/00d_runner.ipynb
+def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
+                log_output) -> dict:
+    "Run the chosen stages in order, recording each in the manifest (the caller holds the run lock)."
+    import papermill as pm  # heavy: imported only when stages run
+    man = read_json(rd.manifest, {"stages": {}, "runs": []})
+    check_upstream(all_, chosen, {s: {**declared[s], **resolved[s]} for s in chosen}, man)
+    this = {"started": _now(), "profile": prof["source"], "overrides": list(params), "stages": list(chosen),
+            "git_commit": git_commit(), "versions": package_versions()}
+    man["runs"].append(this)
+    write_json(rd.manifest, man)
+    bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage")
+    for sid, nb in bar:
+        name = nb.stem
+        bar.set_postfix_str(name)
+        p = {**resolved[sid], "run_dir": str(rd.root)}
+        earlier = [all_[e].stem for e in all_ if e < sid]  # chained through the manifest, selected now or not
+        upstream = [man["stages"].get(n, {}).get("fingerprint") for n in earlier]
+        own = {k: v for k, v in p.items() if k != "run_dir"}
+        fp = fingerprint(own, notebook_code_hash(nb), upstream, input_keys(p))
+        prev = man["stages"].get(name, {})
+        if prev.get("status") == "completed" and prev.get("fingerprint") == fp and not force:
+            tqdm.write(f"{name}: completed earlier with the same parameters, skipped (--force redoes it)")
+            this.setdefault("skipped", []).append(name)
+            continue
+        out = rd.path(name, nb.name)  # the executed notebook, in the stage's own folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"status": "running", "fingerprint": fp, "parameters": p, "seed": p.get("seed"), "started": _now(),
+                 "notebook": str(out.relative_to(rd.root))}
+        man["stages"][name] = entry
+        write_json(rd.manifest, man)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), kernel_name=kernel,
+                                progress_bar=False, log_output=log_output, report_mode=False,
+                                config=kernel_config())
+        except Exception as e:
+            entry.update(status="failed", wall_s=round(time.time() - t0, 1), error=_cell_error(e)[:4000])
+            write_json(rd.manifest, man)
+            raise StageFailed(f"stage {name} failed ({out}) in {entry['error']}") from None
+        entry.update(status="completed", wall_s=round(time.time() - t0, 1), finished=_now())
+        if (sources := rd.metrics(name).get("model_sources")):
+            entry["models"] = sources  # where each model came from: run folder, local, registry (file, sha256), hub
+        write_json(rd.manifest, man)
+        write_provenance(out.parent / "figures", profile=Path(prof["source"]).stem, run=rd.root.name,
+                         commit=this["git_commit"], date=entry["finished"])
+        tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
+    this["finished"] = _now()
+    write_json(rd.manifest, man)
+    if publish:
+        for nb in chosen.values(): publish_figures(rd.root, nb.stem)
+    return man
+
+# %% ../nbs/00d_runner.ipynb
 def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool = False, publish: bool = False,
         nbs=None, kernel: str | None = None, progress: bool = True, log_output: bool = False) -> dict:
     "Run the selected stages of the pipeline into `run_dir`, after `check` passes; returns the run manifest."
@@ -207,64 +284,6 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
         return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
                            log_output)
 
-def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
-                log_output) -> dict:
-    import papermill as pm
-    mpath = rd.path("manifest.json")
-    man = read_json(mpath, {"stages": {}, "runs": []})
-    check_upstream(all_, chosen, {s: {**declared[s], **resolved[s]} for s in chosen}, man)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    this = {"started": started, "profile": prof["source"], "overrides": list(params), "stages": list(chosen),
-            "git_commit": git_commit(), "versions": package_versions()}
-    man["runs"].append(this); write_json(mpath, man)
-    bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage")
-    for sid, nb in bar:
-        name = nb.stem; bar.set_postfix_str(name)
-        p = {**resolved[sid], "run_dir": str(rd.root)}
-        earlier = [all_[e].stem for e in all_ if e < sid]  # chained through the manifest, selected now or not
-        upstream = [man["stages"].get(n, {}).get("fingerprint") for n in earlier]
-        own = {k: v for k, v in p.items() if k != "run_dir"}
-        fp = fingerprint(own, notebook_code_hash(nb), upstream, input_keys(p))
-        prev = man["stages"].get(name, {})
-        if prev.get("status") == "completed" and prev.get("fingerprint") == fp and not force:
-            tqdm.write(f"{name}: completed earlier with the same parameters, skipped (--force redoes it)")
-            this.setdefault("skipped", []).append(name); continue
-        out = rd.path(name, nb.name); out.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"status": "running", "fingerprint": fp, "parameters": p, "seed": p.get("seed"),
-                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notebook": str(out.relative_to(rd.root))}
-        man["stages"][name] = entry; write_json(mpath, man)
-        t0 = time.time()
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), kernel_name=kernel,
-                                progress_bar=False, log_output=log_output, report_mode=False,
-                                config=kernel_config())
-        except Exception as e:
-            entry.update(status="failed", wall_s=round(time.time() - t0, 1), error=_cell_error(e)[:4000])
-            write_json(mpath, man)
-            raise StageFailed(f"stage {name} failed ({out}) in {entry['error']}") from None
-        entry.update(status="completed", wall_s=round(time.time() - t0, 1),
-                     finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        if (sources := rd.metrics(name).get("model_sources")):
-            entry["models"] = sources  # where each model came from: run folder, local, registry (file, sha256), hub
-        write_json(mpath, man)
-        write_provenance(out.parent / "figures", profile=Path(prof["source"]).stem, run=rd.root.name,
-                         commit=this["git_commit"], date=entry["finished"])
-        tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
-    this["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds"); write_json(mpath, man)
-    if publish:
-        for nb in chosen.values(): publish_figures(rd.root, nb.stem)
-    return man
-
-def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
-    "Copy a stage's figures from the run folder into the checkout's `figures/<stage>/` (the curated copies)."
-    src = Path(run_dir) / stage / "figures"
-    dest = Path(dest or (repo_root() or Path.cwd()) / "figures") / stage
-    out = []
-    for f in sorted(src.glob("*.png")):
-        dest.mkdir(parents=True, exist_ok=True); shutil.copyfile(f, dest / f.name); out.append(dest / f.name)
-    if out and (src / PROVENANCE).exists(): shutil.copyfile(src / PROVENANCE, dest / PROVENANCE)
-    return out
-
 # %% ../nbs/00d_runner.ipynb
 def _error_line(e) -> str:
     "What went wrong, for the terminal: a stage's error as it is, anything else on one line."
@@ -277,7 +296,7 @@ def _log_traceback(run_dir) -> None:
     "Append the current exception's traceback to the run folder's `runner.log`, where that folder can be written."
     with contextlib.suppress(OSError):
         with open(Path(run_dir) / "runner.log", "a", encoding="utf-8") as f:
-            f.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n{traceback.format_exc()}")
+            f.write(f"--- {_now()}\n{traceback.format_exc()}")
 
 def main(argv=None):
     "Entry point of the `longctx` command."
@@ -299,14 +318,16 @@ def main(argv=None):
                      (("--gpus-per-node",), {"type": int, "help": "its GPUs per node (stage 06's nproc)"})]:
         c.add_argument(*args, **kw)
     s = sub.add_parser("stages", help="list stage notebooks and their parameters")
-    m = sub.add_parser("model", help="the model registry: `longctx model list`, `longctx model path NAME`", add_help=False)
+    m = sub.add_parser("model", help="the model registry: `longctx model list`, `longctx model path NAME`",
+                       add_help=False)
     m.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     if a.cmd == "model":
         return model_main(a.args)
     if a.cmd == "stages":
         for sid, nb in stage_notebooks().items():
-            print(f"{sid}  {nb.name}"); [print(f"      {k} = {v}") for k, v in stage_parameters(nb).items()]
+            print(f"{sid}  {nb.name}")
+            for k, v in stage_parameters(nb).items(): print(f"      {k} = {v}")
         return 0
     run_dir = a.run_dir or f"runs/{Path(a.profile).stem}"
     if a.cmd == "check": return _check_main(a, run_dir)

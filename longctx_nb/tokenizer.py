@@ -20,7 +20,7 @@ SPECIALS = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 
 def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 8192, min_frequency: int = 2, key: str | None = None):
     "Train a byte-level BPE on `texts`, save it to `out_dir` as a HF tokenizer folder (with `key`), and return it."
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # heavy: imported when training
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -60,7 +60,7 @@ def sample_texts(docs, max_chars: int, chunk: int = 4096):
 
 def load_tokenizer(path):
     "Load a tokenizer from a local folder or HF path."
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: imported when a tokenizer is loaded
     return AutoTokenizer.from_pretrained(str(path))
 
 # %% ../nbs/00c_tokenizer.ipynb

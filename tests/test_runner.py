@@ -6,7 +6,8 @@ import nbformat, psutil, pytest
 
 from conftest import ROOT, LONGCTX, longctx, manifest
 from longctx_nb.core import SLIMPAJAMA_MIX, SHORT
-from longctx_nb.runner import run, StageFailed
+from longctx_nb.runner import run, StageFailed, fingerprint, notebook_code_hash
+from longctx_nb.sources import read_stdlib
 
 
 def test_cpu_run_writes_notebook_figures_tables_metrics(cpu_run):
@@ -40,7 +41,8 @@ def test_manifest_records_parameters_versions_commit_and_time(cpu_run):
 
 
 def test_rerun_skips_and_force_redoes(cpu_run):
-    t0 = time.time(); r = longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run))
+    t0 = time.time()
+    r = longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run))
     assert "skipped" in r.stderr + r.stdout and time.time() - t0 < 30
     assert manifest(cpu_run)["runs"][-1]["skipped"] == ["01_mixture", "02_upsample", "03_extend", "04_synth",
                                                      "05_packing", "06_distributed", "07_needle", "08_longbench_chat"]
@@ -50,30 +52,31 @@ def test_rerun_skips_and_force_redoes(cpu_run):
     after = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
     assert after["02_upsample"] != before["02_upsample"] and after["01_mixture"] == before["01_mixture"]
     # changing an earlier stage's parameter redoes it and the stage that depends on it
-    fp = manifest(cpu_run)["stages"]["02_upsample"]["fingerprint"]
-    from longctx_nb.runner import fingerprint  # the chain: 02's fingerprint includes 01's
-    assert fp == fingerprint({k: v for k, v in manifest(cpu_run)["stages"]["02_upsample"]["parameters"].items() if k != "run_dir"},
-                             __import__("longctx_nb.runner", fromlist=["x"]).notebook_code_hash(
-                                 Path(__file__).parent.parent / "nbs" / "02_upsample.ipynb"),
-                             [manifest(cpu_run)["stages"]["01_mixture"]["fingerprint"]])
+    st = manifest(cpu_run)["stages"]
+    own = {k: v for k, v in st["02_upsample"]["parameters"].items() if k != "run_dir"}
+    code = notebook_code_hash(Path(__file__).parent.parent / "nbs" / "02_upsample.ipynb")
+    assert st["02_upsample"]["fingerprint"] == fingerprint(own, code, [st["01_mixture"]["fingerprint"]])  # chained
 
 
 def test_unknown_parameter_is_an_error(tmp_path):
     r = longctx("run", "--run-dir", str(tmp_path / "r"), "-p", "01.vocab_sise=10", check=False)
     assert r.returncode == 1 and "unknown parameter(s) ['vocab_sise']" in r.stderr
-    bad = tmp_path / "p.yaml"; bad.write_text("seeed: 1\n")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("seeed: 1\n")
     r = longctx("run", "--profile", str(bad), "--run-dir", str(tmp_path / "r"), check=False)
     assert r.returncode == 1 and "unknown parameter 'seeed'" in r.stderr
 
 
 def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+    kernel = {"name": "python3", "display_name": "python3", "language": "python"}
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
     nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, path)
 
 
 def test_failing_stage_stops_the_run_and_names_the_cell(tmp_path):
-    nbs = tmp_path / "nbs"; nbs.mkdir()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
     _stage_nb(nbs / "01_ok.ipynb", "from pathlib import Path; Path(run_dir, 'ok').write_text(str(n))")
     _stage_nb(nbs / "02_boom.ipynb", "x = 1\nraise ValueError(f'bad value n={n}')")
     _stage_nb(nbs / "03_after.ipynb", "from pathlib import Path; Path(run_dir, 'after').write_text('ran')")
@@ -112,22 +115,26 @@ def test_crash_after_the_data_step_resumes_without_rebuilding(tmp_path):
 @pytest.fixture
 def bad_corpus(tmp_path):
     "A small SlimPajama-schema corpus with one malformed line (line 3 of b.jsonl)."
-    from longctx_nb.sources import read_stdlib
     docs = [t for _, t in zip(range(30), (t for _, t in read_stdlib() if t.strip()))]
-    d = tmp_path / "corpus"; d.mkdir()
-    (d / "a.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaGithub"}}) + "\n" for t in docs))
+    d = tmp_path / "corpus"
+    d.mkdir()
+    github = {"redpajama_set_name": "RedPajamaGithub"}
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t, "meta": github}) + "\n" for t in docs))
     good = json.dumps({"text": "Some prose. " * 50, "meta": {"redpajama_set_name": "RedPajamaBook"}})
     (d / "b.jsonl").write_text(good + "\n" + good + "\n" + '{"text": "unterminated\n' + good + "\n")
     return d
 
 
 def test_bad_input_fails_naming_file_and_line(bad_corpus, tmp_path):
-    r = longctx("run", "--run-dir", str(tmp_path / "r"), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", check=False)
+    r = longctx("run", "--run-dir", str(tmp_path / "r"), "--stages", "01", "-p", f"01.corpus={bad_corpus}",
+                "-p", "01.vocab_size=400", check=False)
     assert r.returncode == 1 and f"{bad_corpus / 'b.jsonl'}:3: bad-json" in r.stderr
 
 
 def test_bad_input_skipped_and_counted(bad_corpus, tmp_path):
     rd = tmp_path / "r"
-    longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400", "-p", "01.on_error=skip")
+    longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400",
+            "-p", "01.on_error=skip")
     m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
-    assert m["errors"]["by_kind"] == {"bad-json": 1} and m["domains"]["github"]["docs"] == 30 and m["domains"]["book"]["docs"] == 3
+    assert m["errors"]["by_kind"] == {"bad-json": 1}
+    assert m["domains"]["github"]["docs"] == 30 and m["domains"]["book"]["docs"] == 3
