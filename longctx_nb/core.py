@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+from fastcore.basics import patch
 
 # %% auto 0
 __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'RUN_MODELS', 'FINAL', 'SFT_LONG',
@@ -432,42 +433,48 @@ class RunDir:
         "Supervised fine-tuning data under `sft/`: stage 04's `SFT_LONG` and `SFT_MIX`, stage 05's `samples.json`."
         return self.root / "sft" / name
 
-    @property
-    def stage_dir(self) -> Path:
-        "This stage's own sub-folder (created on first use)."
-        if not self.stage: raise ValueError("RunDir has no stage: pass stage='01_mixture'")
-        p = self.root / self.stage
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def figure_path(self, name: str) -> Path:
-        "A figure of this stage: `<stage>/figures/<name>`."
-        p = self.stage_dir / "figures" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def table_path(self, name: str) -> Path:
-        "A table of this stage: `<stage>/tables/<name>`."
-        p = self.stage_dir / "tables" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def metrics_path(self, stage: str | None = None) -> Path:
-        "A stage's `metrics.json` (this stage's by default)."
-        return self.root / (stage or self.stage) / "metrics.json"
-
-    def write_metrics(self, metrics: dict) -> Path:
-        "Merge `metrics` into this stage's `metrics.json` (atomically)."
-        self.stage_dir
-        p = self.metrics_path()
-        return write_json(p, {**read_json(p, {}), **metrics})
-
-    def metrics(self, stage: str | None = None) -> dict:
-        "A stage's metrics as written so far (empty when it has not run)."
-        return read_json(self.metrics_path(stage), {})
-
 SFT_LONG = "sft/long.jsonl"  # stage 04's long records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
 SFT_MIX = "sft/mix.jsonl"    # stage 04's mix of long and short records, which stage 05 trains on: run.path(SFT_MIX)
+
+# %% ../nbs/00_core.ipynb
+@patch(as_prop=True)
+def stage_dir(self: RunDir) -> Path:
+    "This stage's own sub-folder (created on first use)."
+    if not self.stage:
+        raise ValueError("RunDir has no stage: pass stage='01_mixture'")
+    p = self.root / self.stage
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+@patch
+def figure_path(self: RunDir, name: str) -> Path:
+    "A figure of this stage: `<stage>/figures/<name>`."
+    p = self.stage_dir / "figures" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+@patch
+def table_path(self: RunDir, name: str) -> Path:
+    "A table of this stage: `<stage>/tables/<name>`."
+    p = self.stage_dir / "tables" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+@patch
+def metrics_path(self: RunDir, stage: str | None = None) -> Path:
+    "A stage's `metrics.json` (this stage's by default)."
+    return self.root / (stage or self.stage) / "metrics.json"
+
+@patch
+def write_metrics(self: RunDir, metrics: dict) -> Path:
+    "Merge `metrics` into this stage's `metrics.json` (atomically)."
+    p = self.stage_dir / "metrics.json"
+    return write_json(p, {**read_json(p, {}), **metrics})
+
+@patch
+def metrics(self: RunDir, stage: str | None = None) -> dict:
+    "A stage's metrics as written so far (empty when it has not run)."
+    return read_json(self.metrics_path(stage), {})
 
 # %% ../nbs/00_core.ipynb
 def save_figure(fig, path, dpi: int = 110) -> Path:
