@@ -28,8 +28,8 @@ from .train import attn_implementation
 
 # %% auto 0
 __all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'pick_tokens', 'EndpointError', 'new_usage', 'ResponseCache',
-           'tally', 'OpenAIClient', 'EndpointGenerator', 'generator_from_spec', 'parse_score', 'rouge1_f',
-           'overlap_score', 'LoopbackJudge', 'HFChatClient', 'client_from_spec']
+           'tally', 'OpenAIClient', 'EndpointGenerator', 'endpoint_client', 'generator_from_spec', 'parse_score',
+           'rouge1_f', 'overlap_score', 'LoopbackJudge', 'HFChatClient', 'client_from_spec']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
@@ -322,12 +322,16 @@ class EndpointGenerator:
         return [r["content"].strip() for r in out]
 
 # %% ../nbs/00f_llm.ipynb
+def endpoint_client(spec: dict, cache=None) -> OpenAIClient:
+    "The one way an endpoint spec `{base_url, model, api_key_env, ...}` becomes a client (`tokenizer` is not sent)."
+    return OpenAIClient(cache=cache, **{k: v for k, v in spec.items() if k != "tokenizer"})
+
 def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32,
                         cache=None):
     "An `HFGenerator` or `EndpointGenerator` for one entry of a stage's `models` parameter (`.provenance` set)."
     run_root = Path(run_root)
     if "endpoint" in spec:
-        gen = EndpointGenerator(OpenAIClient(cache=cache, **spec["endpoint"]), max_new_tokens,
+        gen = EndpointGenerator(endpoint_client(spec["endpoint"], cache), max_new_tokens,
                                 tokenizer=load_tokenizer(spec.get("tokenizer") or tokenizer))
         ep = spec["endpoint"]
         gen.provenance = {"source": "endpoint", "base_url": ep["base_url"], "model": ep["model"]}
@@ -505,7 +509,7 @@ def client_from_spec(spec, cache, run_root=None):
         server = LoopbackJudge().start()
         return OpenAIClient(server.url, "loopback-judge", api_key_env=None, cache=cache), server.stop
     if isinstance(spec, dict) and "base_url" in spec:  # `tokenizer` names the served model's, for sizing texts
-        return OpenAIClient(cache=cache, **{k: v for k, v in spec.items() if k != "tokenizer"}), lambda: None
+        return endpoint_client(spec, cache), lambda: None
     if isinstance(spec, dict) and "path" in spec:
         n, t = spec.get("max_new_tokens", 256), spec.get("temperature", 0.0)
         gen = generator_from_spec(spec, run_root or ".", max_new_tokens=n)
