@@ -8,11 +8,10 @@ import json, math, random, re, time
 from pathlib import Path
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
-from .core import (SHORT, RunDir, read_json, write_json, save_figure, stable_hash, cache_dir, append_jsonl,
-                             read_jsonl, plot_theme)
+from .core import SHORT, RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
+from .core import append_jsonl, read_jsonl, plot_theme
 from .corpus import iter_docs
 from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, rouge1_f, REF_TAG, ANS_TAG
 from .evalsets import NEEDLE, QUESTION, MULTI_NEEDLES, MULTI_QUESTION, PASSKEY_FILLER, PASSKEY_QUESTION
