@@ -140,7 +140,8 @@ def test_interrupted_build_leaves_nothing_and_corrupt_cache_is_rebuilt(tmp_path,
         f.truncate(1000)
     assert not M.cached_ok(cache / "models" / SMOL)
     d = M.registry_path(SMOL, progress=False)
-    assert M.cached_ok(d) and (d / "model.safetensors").stat().st_size == (smol_dir / "model.safetensors").stat().st_size
+    size = (smol_dir / "model.safetensors").stat().st_size
+    assert M.cached_ok(d) and (d / "model.safetensors").stat().st_size == size
 
 
 def test_evaluate_the_real_model_alone_in_an_empty_run_folder(tmp_path):
@@ -160,4 +161,5 @@ def test_evaluate_the_real_model_alone_in_an_empty_run_folder(tmp_path):
     assert src["source"] == "registry" and src["sha256"] == M.REGISTRY[SMOL]["sha256"]
     m8 = json.loads((run_dir / "08_longbench_chat" / "metrics.json").read_text())
     assert m8["models"]["smol"]["n"] == 2 and set(m8["agreement"]["local"]) == {"smol", "all"}
-    assert m8["agreement"]["local"]["all"]["n"] <= 2 and st["08_longbench_chat"]["models"]["smol"]["source"] == "registry"
+    assert m8["agreement"]["local"]["all"]["n"] <= 2
+    assert st["08_longbench_chat"]["models"]["smol"]["source"] == "registry"

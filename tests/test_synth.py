@@ -193,8 +193,8 @@ def test_dense_and_hybrid_retrieval_on_the_registry_model(pool_and_tok):
 def test_short_chats_from_a_local_jsonl(tmp_path):
     from longctx_nb.synth import load_short
     p = tmp_path / "chats.jsonl"
-    p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
-                                                  {"role": "assistant", "content": f"a{i}"}]}) + "\n" for i in range(5)))
+    chat = lambda i: [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    p.write_text("".join(json.dumps({"messages": chat(i)}) + "\n" for i in range(5)))
     got = load_short(str(p), [], 3, seed=1)
     assert len(got) == 3 and all(g["source_ids"][0].startswith(str(p)) for g in got)
     p.write_text(p.read_text() + json.dumps({"text": "no messages"}) + "\n")
