@@ -1,6 +1,6 @@
 """Stage 04's local generation: batched against one request at a time, on the real model, in one run.
 
-Usage: python bench/bench_synth.py [N] [BATCH] [NEW]   (defaults 32 requests, batches of 16, 96 new tokens)
+Usage: python bench/bench_synth.py [N] [BATCH] [NEW]   (defaults 32 requests, batches of 32, 96 new tokens)
 Sends the same N query-focused summary requests (stage 04's prompt over 256-token chunks of Paul Graham's essays,
 at most NEW new tokens, greedy: the cpu profile's summary step) to SmolLM2-135M-Instruct through `HFChatClient`,
 first one at a time, then in batches of BATCH (sorted by length, as the stage sends them). Prints generated tokens
@@ -17,7 +17,7 @@ from longctx_nb.synth import SUMMARY_PROMPT, user
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 32
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     new = int(sys.argv[3]) if len(sys.argv) > 3 else 96
     gen = HFGenerator(resolve_model("smollm2-135m-instruct").path, batch_size=1)
     essays = [t for _, t in paul_graham_essays()]

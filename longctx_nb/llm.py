@@ -121,30 +121,44 @@ def prefill_batch(self: HFGenerator, ids: list[list[int]]):
     return out.logits[:, -1], out.past_key_values, mask, pos
 
 # %% ../nbs/00f_llm.ipynb
+def _step_logits(out_logits: torch.Tensor, live: torch.Tensor, batch: int) -> torch.Tensor:
+    "The live rows' next-token logits placed in the whole batch; a finished row gets a one-token placeholder."
+    full = out_logits.new_full((batch, out_logits.shape[-1]), float("-inf"))
+    full[:, 0] = 0.0
+    full[live] = out_logits
+    return full
+
 @patch
 @torch.no_grad()
 def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int, temperature: float = 0.0,
             rng: torch.Generator | None = None) -> list[str]:
-    "Decoding from the prompts' last logits and cache: greedy, or sampled when `temperature` > 0."
+    "Decoding from the prompts' last logits and cache (greedy, or sampled at `temperature`), finished rows dropped."
     eos, B = self.tok.eos_token_id, logits.shape[0]
     nxt = pick_tokens(logits, temperature, rng)
     gen = [nxt]
     done = nxt == eos if eos is not None else torch.zeros_like(nxt, dtype=torch.bool)
+    live = torch.arange(B, device=nxt.device)  # the batch rows still decoding, in order
     t = time.perf_counter()
     for _ in range(max_new - 1):
         if bool(done.all()):
             break
-        mask = torch.cat([mask, mask.new_ones((B, 1))], 1)
+        keep = ~done[live]
+        if not bool(keep.all()):
+            sel = keep.nonzero()[:, 0]
+            past.batch_select_indices(sel)
+            live, mask, pos = live[sel], mask[sel], pos[sel]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
         pos = pos[:, -1:] + 1
-        out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past,
-                         use_cache=True)
-        past, nxt = out.past_key_values, pick_tokens(out.logits[:, -1], temperature, rng)
+        out = self.model(input_ids=nxt[live][:, None], attention_mask=mask, position_ids=pos,
+                         past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = pick_tokens(_step_logits(out.logits[:, -1], live, B), temperature, rng)
         gen.append(nxt)
+        self.stats["decode_tokens"] += len(live)
         if eos is not None:
             done |= nxt == eos
     _sync()
     self.stats["decode_s"] += time.perf_counter() - t
-    self.stats["decode_tokens"] += B * (len(gen) - 1)
     return [self._text(row) for row in torch.stack(gen, 1).tolist()]
 
 @patch
