@@ -8,29 +8,34 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import RUN_MODELS, SFT_LONG, SFT_MIX, check_parameter, read_json, cache_dir
+from .core import RUN_MODELS, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
 from .models import REGISTRY, HF_ID
 from .parallel import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0
-__all__ = ['STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config',
-           'model_shape', 'Finding', 'CheckReport', 'check_stages']
+__all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'CONTRACTS', 'model_names', 'model_problem',
+           'shape_from_config', 'model_shape', 'Finding', 'CheckReport', 'check_stages']
 
 # %% ../nbs/00i_check.ipynb
 def _strategies(p): return p.get("strategies") or []
 
+LAYOUT = RunDir("/longctx-run", create=False)  # names only: run-folder paths as RunDir spells them, never created
+
+def _rel(path) -> str: return LAYOUT.rel(path)
+
+def _reads_data(p): return [("run_dir", _rel(LAYOUT.data_json))]
+
 STAGE_IO = {  # stage notebook -> (reads: params -> [(parameter, path)], writes: params -> [path])
-    "01_mixture": (lambda p: [], lambda p: ["data.json"]),
-    "02_upsample": (lambda p: [("run_dir", "data.json")],
-                    lambda p: ["tokens/train", *[f"upsampled/{s}" for s in _strategies(p)]]),
-    "03_extend": (lambda p: [("run_dir", "data.json"), *[("strategies", f"upsampled/{s}") for s in _strategies(p)]],
-                  lambda p: [f"models/{s}/phase-{k}/final" for s in _strategies(p)
+    "01_mixture": (lambda p: [], lambda p: [_rel(LAYOUT.data_json)]),
+    "02_upsample": (_reads_data,
+                    lambda p: [_rel(LAYOUT.tokens("train")), *[_rel(LAYOUT.upsampled(s)) for s in _strategies(p)]]),
+    "03_extend": (lambda p: _reads_data(p) + [("strategies", _rel(LAYOUT.upsampled(s))) for s in _strategies(p)],
+                  lambda p: [LAYOUT.model_ref(s, k) for s in _strategies(p)
                              for k in range(len(p.get("phases") or []))]),
-    "04_synth": (lambda p: [("run_dir", "data.json")], lambda p: [SFT_LONG, SFT_MIX]),
-    "05_packing": (lambda p: [("run_dir", "data.json")],
-                   lambda p: [f"models/sft-{m}/final" for m in p.get("methods") or []]),
-    "06_distributed": (lambda p: [("run_dir", "data.json"), ("strategy", f"upsampled/{p.get('strategy')}")],
-                       lambda p: ["06_distributed/launch/job.json"]),
+    "04_synth": (_reads_data, lambda p: [SFT_LONG, SFT_MIX]),
+    "05_packing": (_reads_data, lambda p: [LAYOUT.model_ref(f"sft-{m}") for m in p.get("methods") or []]),
+    "06_distributed": (lambda p: _reads_data(p) + [("strategy", _rel(LAYOUT.upsampled(p.get("strategy"))))],
+                       lambda p: [_rel(LAYOUT.path("06_distributed", "launch", "job.json"))]),
 }
 MODEL_KEYS = ("model", "base_model", "tokenizer")  # parameters naming a model (or a tokenizer): checked by name
 NOT_MODELS = (None, "train")                       # values of those that name no model: built in the stage

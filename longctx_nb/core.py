@@ -378,16 +378,21 @@ FINAL = "final"         # the sub-folder of a training output that holds its las
 
 class RunDir:
     "Every path a stage reads or writes inside one run folder, named here and nowhere else."
-    def __init__(self, root, stage: str | None = None):
+    def __init__(self, root, stage: str | None = None, create: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.stage = stage  # the calling stage's own sub-folder, e.g. "02_upsample"
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:  # False: a layout only, for naming paths relative to a run folder (`longctx check`)
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self): return f"RunDir({str(self.root)!r}, stage={self.stage!r})"
 
     def path(self, *parts) -> Path:
         "A path under the run folder, for names this class does not define (tests, one-off files)."
         return self.root.joinpath(*parts)
+
+    def rel(self, path) -> str:
+        "`path` relative to the run folder, in the `/`-separated form the manifest and `longctx check` print."
+        return Path(path).relative_to(self.root).as_posix()
 
     @property
     def data_json(self) -> Path:
