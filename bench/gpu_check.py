@@ -8,7 +8,8 @@ Steps, each timed; one that fails is recorded with its error and the others stil
                     on one H100) and the MFU of a Llama-3.2-1B shape at 16K/32K/64K (ALST: 45%)
   packing           bench/bench_packing.py --synthetic: packing / naive real tokens/s per attention backend
                     (LongAlign: 2.9x)
-  context_parallel  a ring-attention (cp_size) step against the Ulysses one: needs 2 GPUs or more
+  context_parallel  bench/bench_cp.py under torchrun: a ring-attention (cp_size=2) step against the Ulysses
+                    (sp_size=2) one; needs ≥2 GPUs (skipped, with the reason, otherwise)
 
     python bench/gpu_check.py                     # on a GPU machine (`make gpu-check`), default profile smol
     python bench/gpu_check.py --dry-run --profile cpu --out /tmp/gc   # on CPU: the same steps on tiny shapes
@@ -45,17 +46,18 @@ def env() -> dict:
 def call(cmd: list[str], timeout: float, log: Path | None = None) -> dict:
     "Run `cmd` from the checkout's root; raise with the output's tail when it fails; return its record."
     t = time.perf_counter()
+    shown = " ".join(cmd).replace(f"{sys.executable} -m longctx_nb.runner", "longctx").replace(sys.executable, "python")
     try:
         r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"{' '.join(cmd)}: timed out after {timeout:.0f} s") from e
+        raise RuntimeError(f"{shown}: timed out after {timeout:.0f} s") from e
     if log:
-        log.write_text(f"$ {' '.join(cmd)}\n{r.stdout}\n--- stderr\n{r.stderr}")
-    rec = {"cmd": cmd, "rc": r.returncode, "seconds": round(time.perf_counter() - t, 1),
+        log.write_text(f"$ {shown}\n{r.stdout}\n--- stderr\n{r.stderr}")
+    rec = {"cmd": shown, "rc": r.returncode, "seconds": round(time.perf_counter() - t, 1),
            "stdout_tail": r.stdout[-3000:], "stderr_tail": r.stderr[-3000:]}
     if r.returncode:
         tail = (r.stderr.strip() or r.stdout.strip())[-1500:]
-        raise RuntimeError(f"{' '.join(cmd[1:])} exited {r.returncode}: {tail}")
+        raise RuntimeError(f"{shown} exited {r.returncode}: {tail}")
     return rec
 
 
@@ -109,7 +111,7 @@ def step_profile(a, out: Path) -> dict:
     manifest = Path(run_dir) / "manifest.json"
     if manifest.exists():
         stages_done = json.loads(manifest.read_text()).get("stages", {})
-        res["stages"] = {k: {"status": v.get("status"), "wall_s": v.get("wall_s") or v.get("seconds")}
+        res["stages"] = {k: {"status": v.get("status"), "wall_s": v.get("wall_s")}
                          for k, v in stages_done.items()}
     return res
 
@@ -134,15 +136,14 @@ def cp_skip(dry_run: bool) -> str | None:
     "Why the context-parallel step cannot run here (None when it can)."
     import torch  # torch loads only for this question, so the report's other steps never wait on it
     if dry_run:
-        return "dry run on CPU: ring attention (torch context_parallel) needs >= 2 GPUs; nothing measured"
+        return "dry run on CPU: ring attention (torch context_parallel) needs ≥2 GPUs; nothing measured"
     n = torch.cuda.device_count()
     if n < 2:
-        return f"skipped: needs >= 2 GPUs (found {n})"
-    if not importable("torch.distributed.tensor.experimental") or not hasattr(
-            importlib.import_module("torch.distributed.tensor.experimental"), "context_parallel"):
-        return f"skipped: torch {torch.__version__} has no torch.distributed.tensor.experimental.context_parallel"
-    if not (ROOT / "bench" / "bench_cp.py").exists():
-        return "skipped: no bench/bench_cp.py in this checkout (the 2-GPU ring-vs-Ulysses step is not written yet)"
+        return f"needs ≥2 GPUs (found {n})"
+    try:
+        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401  (torch >= 2.7)
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.distributed.tensor.experimental.context_parallel"
     return None
 
 
@@ -215,8 +216,8 @@ def rows_profile(rec: dict, profile: str) -> list[dict]:
         out.append(row(f"longctx run --profile {profile}", "-", status=f"skipped: {f['run']['skipped']}"))
     else:
         st = f.get("stages", {})
-        done = sum(v["status"] == "complete" for v in st.values())
-        measured = f"{done}/{len(st)} stages complete in {f['run']['seconds']} s"
+        done = sum(v["status"] == "completed" for v in st.values())
+        measured = f"{done}/{len(st)} stages completed in {f['run']['seconds']} s"
         out.append(row(f"longctx run --profile {profile}", measured))
     return out
 
@@ -271,7 +272,10 @@ def rows_cp(rec: dict) -> list[dict]:
     if rec["status"] != "ok":
         return [row(check, "-", status=not_ok(rec))]
     f = rec["figures"]
-    return [row(check, f"{f['ring_s']:.3f} s vs {f['ulysses_s']:.3f} s per step", ratio=f["ring_s"] / f["ulysses_s"])]
+    measured = (f"{f['ring_s']:.3f} s vs {f['ulysses_s']:.3f} s per forward+backward, {f['seq_len']:,} tokens on "
+                f"{f['world']} GPUs; loss {f['ring_loss']:.4f} vs {f['ulysses_loss']:.4f} (one GPU: "
+                f"{f['reference_loss']:.4f})")
+    return [row(check, measured, ratio=f["ring_s"] / f["ulysses_s"])]
 
 
 def table(rows: list[dict]) -> str:

@@ -28,7 +28,7 @@ def test_every_step_has_figures_or_a_reason(report):
         assert s["status"] in ("ok", "skipped"), (name, s)
         assert s["figures"] if s["status"] == "ok" else s["reason"], (name, s)
         assert Path(s["raw"]).exists()
-    assert "needs >= 2 GPUs" in rep["steps"]["context_parallel"]["reason"]
+    assert "needs ≥2 GPUs" in rep["steps"]["context_parallel"]["reason"]
     assert "skipped" in rep["steps"]["profile"]["figures"]["run"]  # a dry run only checks the profile
 
 
