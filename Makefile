@@ -10,7 +10,7 @@ TORCH  := torch>=2.4,<2.14
 # the machine's pip configuration names index folders that do not exist; only those lines are dropped.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install run test check docs-check docs docs-serve lab browser
+.PHONY: install run test check docs-check docs docs-serve lab browser gpu-check gpu-wheels
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,33 @@ lab: install
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium could not be installed: tests/test_docs.py will fail"
+
+# On a GPU machine: the smol profile, bench_distributed (longest sequence, MFU), packing per attention backend and
+# the context-parallel step, in one report (runs/gpu_check/report.md). `make gpu-check GPU_CHECK="--dry-run
+# --profile cpu"` runs it on CPU. It uses the machine's python (torch with CUDA already there), not .venv's CPU torch.
+GPU_PYTHON ?= python3
+GPU_CHECK  ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK)
+
+# Wheels for a GPU machine without network, into wheels/ (gitignored) so the folder travels with the tree;
+# gpu_check installs them there with `pip install --no-index --find-links wheels`. DeepSpeed is an sdist on PyPI:
+# built here into a pure-Python wheel (no CUDA op compiled; ZeRO needs none, the rest JIT-compile). Only the
+# dependencies a CUDA torch + transformers machine lacks are fetched (no torch, triton, numpy). They are wheels for
+# this python: GPU_PIP="--python-version 3.12 --platform manylinux_2_28_x86_64" fetches another's; GPU_CUDA picks
+# the CuTe DSL libraries flash-attn-4 runs on (12 or 13).
+GPU_CUDA ?= 12
+GPU_PIP  ?=
+GPU_FA4  ?= 1
+GPU_WHEELS := liger-kernel hjson msgpack ninja py-cpuinfo einops nvidia-ml-py
+# flash-attn-4 and its CuTe DSL: about 100 MB, most of it nvidia-cutlass-dsl-libs; GPU_FA4=0 leaves them out
+# (wheels/ is then about 10 MB)
+GPU_WHEELS_FA4 := 'flash-attn-4>=4.0.0b1' quack-kernels 'apache-tvm-ffi<0.2' torch-c-dlpack-ext nvidia-cutlass-dsl \
+	nvidia-cutlass-dsl-libs-base nvidia-cutlass-dsl-libs-cu$(GPU_CUDA)
+gpu-wheels: install
+	mkdir -p wheels
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w wheels deepspeed $(QUIET_PIP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: $(GPU_PIP) -d wheels $(GPU_WHEELS) \
+		$(if $(filter 1,$(GPU_FA4)),$(GPU_WHEELS_FA4)) $(QUIET_PIP)
+	$(BIN)/pip download -q --only-binary=:all: $(GPU_PIP) -d wheels pydantic $(QUIET_PIP)
+	@du -sh wheels
