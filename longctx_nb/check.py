@@ -133,11 +133,21 @@ def _phase_findings(sid: str, p: dict, k: int, ph: dict, world: int, shape) -> l
 # %% ../nbs/00i_check.ipynb
 GiB = 2 ** 30
 
+def _derived_shape(ctx: dict, vocab: int | None) -> Shape | None:
+    "A run-folder model not trained yet has the shape of stage 03's base model, which every trained model starts from."
+    p03 = ctx["params"].get("03", {})
+    base = p03.get("base_model")
+    if base in (None, "train"):
+        return model_shape(None, None, p03.get("model_size"), vocab)
+    return model_shape(base, ctx.get("run_root"))
+
 def _contract_06(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
     "Stage 06: each phase's SP layout, its length against stage 02's tokens, its planned memory against the device's."
     world, train, p01 = p.get("nproc", 1) * p.get("nnodes", 1), p.get("train") or {}, ctx["params"].get("01", {})
-    shape = model_shape(p.get("model"), ctx.get("run_root"), p.get("model_size"),
-                        p01.get("vocab_size") if p01.get("tokenizer") == "train" else None)
+    vocab = p01.get("vocab_size") if p01.get("tokenizer") == "train" else None
+    shape = model_shape(p.get("model"), ctx.get("run_root"), p.get("model_size"), vocab)
+    if shape is None and str(p.get("model") or "").startswith(RUN_MODELS):
+        shape = _derived_shape(ctx, vocab)
     p02 = ctx["params"].get("02", {})
     have = p02.get("token_budget")
     if p.get("data_n") and p02.get("seq_len"): have = min(have or 1 << 62, p["data_n"] * p02["seq_len"])

@@ -71,6 +71,7 @@ SHAPES = {  # published configs (hidden, layers, heads, kv heads, intermediate, 
     "llama-3-8b": Shape(4096, 32, 32, 8, 14336, 128256),
     "llama-3.2-1b": Shape(2048, 16, 32, 8, 8192, 128256, tied=True),
     "llama-3.1-70b": Shape(8192, 80, 64, 8, 28672, 128256),
+    "smollm2-135m-instruct": Shape(576, 30, 9, 3, 1536, 49152, tied=True),  # the registry model (smol profile)
 }
 
 def shape_of(config) -> Shape:
