@@ -451,19 +451,21 @@ def stage_dir(self: RunDir) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
-@patch
-def figure_path(self: RunDir, name: str) -> Path:
-    "A figure of this stage: `<stage>/figures/<name>`."
-    p = self.stage_dir / "figures" / name
+def _stage_file(run: RunDir, folder: str, name: str) -> Path:
+    "`<stage>/<folder>/<name>`, its folder created."
+    p = run.stage_dir / folder / name
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
 @patch
+def figure_path(self: RunDir, name: str) -> Path:
+    "A figure of this stage: `<stage>/figures/<name>`."
+    return _stage_file(self, "figures", name)
+
+@patch
 def table_path(self: RunDir, name: str) -> Path:
     "A table of this stage: `<stage>/tables/<name>`."
-    p = self.stage_dir / "tables" / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+    return _stage_file(self, "tables", name)
 
 @patch
 def metrics_path(self: RunDir, stage: str | None = None) -> Path:
