@@ -16,7 +16,7 @@ import argparse, gc, json, time
 import torch
 
 from longctx_nb.parallel import SHAPES, Layout, Shape, max_seq_len, mfu, plan_memory, train_flops
-from longctx_nb.train import chunked_lm_loss, tile_mlp
+from longctx_nb.train import FLASH, chunked_lm_loss, flash_available, tile_mlp
 
 
 def build(shape: Shape, attn: str, device, dtype):
@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes and short lengths through the same code")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of one GPU (H100 SXM: 989)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--max-len", type=int, default=1 << 20,
+                    help="longest length the sweep tries (each doubling about doubles its time; 1M: minutes on an H100)")
     a = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() and not a.dry_run else "cpu"
     if a.dry_run:
@@ -90,12 +92,10 @@ def main():
     else:
         big, small = SHAPES["llama-3-8b"], SHAPES["llama-3.2-1b"]
         lengths, mfu_lens, dtype, chunk, peak = [2 ** k for k in range(14, 21)], [16384, 32768, 65536], torch.bfloat16, 8192, a.peak_tflops * 1e12
+        lengths = [T for T in lengths if T <= a.max_len] or lengths[:1]
         mem = torch.cuda.get_device_properties(0).total_memory
-    attns = ["sdpa"]
-    try:
-        import flash_attn  # noqa: F401
-        if dev == "cuda": attns.insert(0, "flash_attention_2")
-    except ImportError: print("flash-attn not importable: SDPA only")
+    attns = [name for name in FLASH if flash_available(name)] + ["sdpa"]   # transformers' own checks, CUDA only
+    if attns == ["sdpa"]: print("no flash-attn kernel transformers can run here: SDPA only")
     lay = Layout(gpus=1, zero=3, offload_optimizer=True, offload_params=False, tiled_mlp=8, loss_chunk=chunk,
                  dtype_bytes=2 if dtype == torch.bfloat16 else 4)
     print(f"device {dev}; planner: longest trainable sequence for {big} on {mem / 2 ** 30:.0f} GiB = {max_seq_len(big, lay, mem):,} tokens")

@@ -22,10 +22,10 @@ import torch
 
 from longctx_nb.batching import collate, plan_batches, real_fraction
 from longctx_nb.packing import time_epoch
-from longctx_nb.train import load_model, resolve_attention, tiny_llama, weighted_lm_loss
+from longctx_nb.train import FLASH, load_model, resolve_attention, tiny_llama, weighted_lm_loss
 
 METHODS = ("naive", "sorted", "packing")
-BACKENDS = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_4")
+BACKENDS = ("sdpa", "flex_attention", *FLASH)
 
 
 def run_samples(run_dir: Path) -> None:
@@ -62,13 +62,7 @@ def synthetic_samples(n: int, max_len: int, vocab: int, seed: int = 0) -> list[d
 
 def backend_skip(name: str, device: str) -> str | None:
     "Why attention backend `name` cannot train here (None when it can)."
-    from transformers.utils import import_utils  # transformers' own availability checks for flash-attn 2 and 4
-    if name == "flash_attention_4":
-        ok = hasattr(import_utils, "is_flash_attn_4_available") and import_utils.is_flash_attn_4_available()
-        return None if ok else "flash-attn-4 not importable (or no CUDA GPU)"
-    if name == "flash_attention_2" and not import_utils.is_flash_attn_2_available():
-        return "flash-attn (2.x) not importable (or no CUDA GPU)"
-    try:
+    try:  # the trainer's own check: flash kernels by transformers' package checks and CUDA, flex's CPU limit
         resolve_attention(name, training=True)
     except ValueError as e:
         return str(e)
@@ -100,7 +94,7 @@ def epoch(model, samples, plan, device: str, lr: float = 1e-5) -> dict:
 
 def bench_backend(base, name: str, samples, plans, device: str, rounds: int = 2) -> dict:
     "Best-of-`rounds` epoch per method with attention `name`, each epoch from the same initial weights."
-    attn = name if name == "flash_attention_4" else resolve_attention(name, training=True)  # sdpa: the packed one
+    attn = resolve_attention(name, training=True)  # sdpa: the packed one
     best = {}
     for _ in range(rounds):
         for m, plan in plans.items():

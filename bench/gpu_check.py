@@ -119,7 +119,8 @@ def step_profile(a, out: Path) -> dict:
 def step_distributed(a, out: Path) -> dict:
     "bench/bench_distributed.py: the longest sequence that trains on one GPU, and MFU at three lengths."
     raw = out / "bench_distributed.json"
-    cmd = [sys.executable, "bench/bench_distributed.py", "--out", str(raw), "--peak-tflops", str(a.peak_tflops)]
+    cmd = [sys.executable, "bench/bench_distributed.py", "--out", str(raw), "--peak-tflops", str(a.peak_tflops),
+           "--max-len", str(a.max_len)]
     call(cmd + (["--dry-run"] if a.dry_run else []), a.timeout, out / "bench_distributed.log")
     return json.loads(raw.read_text())
 
@@ -336,6 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per command (default 4 h)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak per GPU (default: from its name)")
+    ap.add_argument("--max-len", type=int, default=1 << 20,
+                    help="bench_distributed's longest length tried (default 1M; 262144 fits a short GPU session)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ STAGE_IO = {  # stage notebook -> (reads: params -> [(parameter, path)], writes:
     "04_synth": (_reads_data, lambda p: [SFT_LONG, SFT_MIX]),
     "05_packing": (_reads_data, lambda p: [LAYOUT.model_ref(f"sft-{m}") for m in p.get("methods") or []]),
     "06_distributed": (lambda p: _reads_data(p) + [("strategy", _rel(LAYOUT.upsampled(p.get("strategy"))))],
-                       lambda p: [_rel(LAYOUT.path("06_distributed", "launch", "job.json"))]),
+                       lambda p: [_rel(LAYOUT.path("06_distributed", "launch", "job.json")),
+                                  *[LAYOUT.model_ref("distributed", k) for k in range(len(p.get("phases") or []))
+                                    if p.get("train_here") and not p.get("launch_only")]]),
 }
 MODEL_KEYS = ("model", "base_model", "tokenizer")  # parameters naming a model (or a tokenizer): checked by name
 NOT_MODELS = (None, "train")                       # values of those that name no model: built in the stage
@@ -122,10 +124,10 @@ def _phase_findings(sid: str, p: dict, k: int, ph: dict, world: int, shape) -> l
     if sp_size > 1 and p.get("zero_stage") != 3:
         bad(f"sequence parallelism needs ZeRO-3 (zero_stage is {p.get('zero_stage')})")
     if sp_size > 1 and mb != 1: bad(f"sequence parallelism trains one sequence per micro batch (micro_batch is {mb})")
-    if sp_size > 1 and chunk:
-        out.append(Finding(sid, f"phases[{k}].loss_chunk", f"loss_chunk={chunk} with sp_size={sp_size}: "
-                           "train_lm refuses "
-                           "both (a shard holds 1/sp of the logits already); set loss_chunk: 0 in this phase"))
+    if chunk and chunk >= L // sp_size:
+        out.append(Finding(sid, f"phases[{k}].loss_chunk", f"loss_chunk={chunk} is no smaller than a rank's "
+                           f"{L // sp_size} tokens (seq_len {L} / sp_size {sp_size}): the logits are whole anyway",
+                           error=False))
     if sp_size > 1 and p.get("attention") == "flex_attention":
         bad("Ulysses has no flex_attention path: use attention sdpa, flash_attention_2 or auto")
     return out

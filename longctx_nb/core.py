@@ -318,7 +318,8 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
     "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
            "model": {"type": (str, None)}, "parity": {"type": (dict, None)}, "data_n": {"type": (int, None), "min": 1},
-           "attention": {"choices": ["auto", "sdpa", "flex_attention", "flash_attention_2"]}},  # train.ATTENTION
+           "attention": {"choices": ["auto", "sdpa", "flex_attention",  # train.ATTENTION
+                                     "flash_attention_2", "flash_attention_4"]}},
     "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
            "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib, hashlib, inspect, json, math, os, shutil, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -19,21 +20,25 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .core import write_json, read_json, save_figure, swap_dir, plot_theme
 
 # %% auto 0
-__all__ = ['PACKED_SDPA', 'ATTENTION', 'attn_implementation', 'tiny_llama', 'load_model', 'packed_causal_mask', 'packed_sdpa',
-           'register_packed_sdpa', 'resolve_attention', 'use_attention', 'packed_sdpa_bound', 'TrainConfig',
-           'steps_for', 'weighted_lm_loss', 'shift_weights', 'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer',
-           'ThroughputCallback', 'last_checkpoint', 'run_key', 'finished_run', 'run_folder', 'check_parallel',
-           'init_process_state', 'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
+__all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_implementation', 'tiny_llama', 'load_model',
+           'packed_causal_mask', 'packed_sdpa', 'register_packed_sdpa', 'resolve_attention', 'use_attention',
+           'packed_sdpa_bound', 'TrainConfig', 'steps_for', 'weighted_nll_sum', 'weighted_lm_loss', 'shift_weights',
+           'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'last_checkpoint', 'run_key',
+           'finished_run', 'run_folder', 'check_parallel', 'init_process_state', 'sequence_parallel', 'training_args',
+           'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
+FLASH = ("flash_attention_2", "flash_attention_4")  # flash-attn kernels, in order of preference
+
+def flash_available(name: str) -> bool:
+    "Whether transformers can run the flash kernel `name` (`FLASH`) here: its package check passes and CUDA is present."
+    from transformers.utils import import_utils  # transformers' own check of which flash-attn is installed
+    check = getattr(import_utils, f"is_flash_attn_{name[-1]}_available", None)
+    return bool(name in FLASH and torch.cuda.is_available() and check and check())
+
 def attn_implementation() -> str:
-    "flash_attention_2 where flash-attn imports and a GPU is present, else sdpa."
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-            return "flash_attention_2"
-        except ImportError: pass
-    return "sdpa"
+    "The best attention here: the first of `FLASH` transformers can run, else sdpa."
+    return next((name for name in FLASH if flash_available(name)), "sdpa")
 
 def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 4, heads: int = 4, max_pos: int = 256,
                rope_theta: float = 10000.0, seed: int = 0, kv_heads: int | None = None, **kw):
@@ -54,7 +59,7 @@ def load_model(path, dtype=None):
 
 # %% ../nbs/00e_train.ipynb
 PACKED_SDPA = "longctx_sdpa"  # the suite's packed sdpa, registered with transformers under this name
-ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2")  # `attention` values: auto = the best available
+ATTENTION = ("auto", "sdpa", "flex_attention", *FLASH)  # `attention` values: auto = the best available
 
 def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
     "A (batch, 1, T, T) boolean causal mask that is block-diagonal over documents (positions restart); None if none do."
@@ -88,8 +93,9 @@ def resolve_attention(backend: str, training: bool = False) -> str:
     "The transformers attention name for an `attention` value, refused (with the reason) where it cannot run."
     if backend not in ATTENTION: raise ValueError(f"attention {backend!r}: expected one of {list(ATTENTION)}")
     if backend == "auto": backend = attn_implementation()
-    if backend == "flash_attention_2" and attn_implementation() != "flash_attention_2":
-        raise ValueError("attention flash_attention_2 needs the flash-attn package and a CUDA GPU; use sdpa or auto")
+    if backend in FLASH and not flash_available(backend):
+        pkg = {"flash_attention_2": "flash-attn (2.x)", "flash_attention_4": "flash-attn-4"}[backend]
+        raise ValueError(f"attention {backend} needs the {pkg} package and a CUDA GPU; use sdpa or auto")
     if backend == "flex_attention" and training and not torch.cuda.is_available():
         raise ValueError("attention flex_attention cannot train on CPU (torch has no CPU backward for it); use sdpa")
     return register_packed_sdpa() if backend == "sdpa" else backend
@@ -150,27 +156,41 @@ def steps_for(cfg: TrainConfig, seq_len: int) -> tuple[int, int]:
     return max(1, cfg.max_tokens // (accum * per_pass)), accum
 
 # %% ../nbs/00e_train.ipynb
-def weighted_lm_loss(model, batch: dict) -> torch.Tensor:
+def weighted_nll_sum(model, inputs: dict, tgt: torch.Tensor, w: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    "Sum of `w` x the loss of target `tgt[:, t]` at position t of `inputs`; `chunk` > 0: logits that many at a time."
+    T = tgt.shape[1]  # targets for the first T positions (all of a shard's; all but the last of a whole row's)
+    if not chunk:  # the model's own logits (any head it has)
+        logits = model(**inputs, use_cache=False).logits[:, :T]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none", ignore_index=-100)
+        return (nll * w).sum()
+    def part(hc, tc, wc):
+        nll = F.cross_entropy(model.lm_head(hc).float().transpose(1, 2), tc, reduction="none", ignore_index=-100)
+        return (nll * wc).sum()
+    h = model.model(**inputs, use_cache=False).last_hidden_state[:, :T]  # one chunk's logits live at a time
+    return sum(checkpoint(part, h[:, i:i + chunk], tgt[:, i:i + chunk], w[:, i:i + chunk], use_reentrant=False)
+               for i in range(0, T, chunk))
+
+def weighted_lm_loss(model, batch: dict, chunk: int = 0) -> torch.Tensor:
     "Mean over rows of the weighted sum of token losses, `loss_weights` aligned with `labels` (no attention mask)."
     batch = dict(batch)
     w = batch.pop("loss_weights").float()
-    labels = batch.pop("labels")
-    logits = model(**batch, use_cache=False).logits  # use_cache=False and no mask: packed samples stay isolated
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
-    return (nll * w[:, 1:]).sum(1).mean()
+    labels = batch.pop("labels")  # use_cache=False and no mask: packed samples stay isolated
+    return weighted_nll_sum(model, batch, labels[:, 1:], w[:, 1:], chunk) / labels.shape[0]
 
-def _sp_weighted_loss(model, inputs: dict) -> torch.Tensor:
-    "Weighted loss of one sequence shard under Ulysses SP: this shard's sum, all-gathered (differentiably) and added."
+def _sp_loss(model, inputs: dict, chunk: int = 0) -> torch.Tensor:
+    "The whole sequence's loss from one Ulysses shard: this shard's weighted sum, all-gathered (differentiably), added."
     from deepspeed.utils import groups  # DeepSpeed is optional: only sequence-parallel runs import it
+    group = groups._get_sequence_parallel_group()
     inputs = dict(inputs)
-    w = inputs.pop("shift_loss_weights").float()
     tgt = inputs.pop("shift_labels")
+    w = inputs.pop("shift_loss_weights", None)
     inputs.pop("labels", None)
     inputs.pop("loss_weights", None)
-    logits = model(**inputs, use_cache=False).logits
-    nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none", ignore_index=-100)
-    part = (nll * w).sum(1).mean()  # rows' sums are additive over shards; a shard with no targets adds exactly 0
-    group = groups._get_sequence_parallel_group()
+    if w is None:  # HF's token mean over the whole sequence: each target weighs 1 / (targets on every shard)
+        n = (tgt != -100).sum()
+        torch.distributed.all_reduce(n, group=group)
+        w = (tgt != -100) * tgt.shape[0] / n.clamp(min=1)
+    part = weighted_nll_sum(model, inputs, tgt, w.float(), chunk) / tgt.shape[0]  # a shard with no targets adds 0
     return torch.stack(torch.distributed.nn.functional.all_gather(part, group=group)).sum()
 
 def shift_weights(batch: dict) -> dict:
@@ -183,24 +203,11 @@ def shift_weights(batch: dict) -> dict:
 
 def chunked_lm_loss(model, batch: dict, chunk: int, num_items=None) -> torch.Tensor:
     "The loss of `weighted_lm_loss` (with `loss_weights`) or of HF's token mean, computed `chunk` tokens at a time."
+    if "loss_weights" in batch: return weighted_lm_loss(model, batch, chunk)
     batch = dict(batch)
-    labels = batch.pop("labels")
-    w = batch.pop("loss_weights", None)
-    h = model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
-    tgt = labels[:, 1:]
-    if w is None:  # HF's causal LM loss: sum over targets / number of targets (num_items across accumulation)
-        n = num_items if num_items is not None else (tgt != -100).sum()
-        w = (tgt != -100).float() / n
-        scale = 1.0
-    else:
-        w = w[:, 1:].float()
-        scale = 1.0 / labels.shape[0]
-    def part(hc, tc, wc):
-        nll = F.cross_entropy(model.lm_head(hc).float().transpose(1, 2), tc, reduction="none", ignore_index=-100)
-        return (nll * wc).sum()
-    total = sum(checkpoint(part, h[:, i:i + chunk], tgt[:, i:i + chunk], w[:, i:i + chunk], use_reentrant=False)
-                for i in range(0, h.shape[1], chunk))
-    return total * scale
+    tgt = batch.pop("labels")[:, 1:]
+    n = num_items if num_items is not None else (tgt != -100).sum()  # HF: targets across accumulation steps
+    return weighted_nll_sum(model, batch, tgt, (tgt != -100).float() / n, chunk)
 
 # %% ../nbs/00e_train.ipynb
 def tile_mlp(model, tiles: int):
@@ -224,9 +231,9 @@ class WeightedLossTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         "The suite's loss for this batch (see the class), or HF's."
-        chunk = self.lc_cfg.loss_chunk if self.lc_cfg else 0
-        if "shift_loss_weights" in inputs and model.training: loss = _sp_weighted_loss(model, inputs)
-        elif chunk and "shift_labels" not in inputs: loss = chunked_lm_loss(model, inputs, chunk, num_items_in_batch)
+        chunk, sp_size = (self.lc_cfg.loss_chunk, self.lc_cfg.sp_size) if self.lc_cfg else (0, 1)
+        if sp_size > 1 and model.training: loss = _sp_loss(model, inputs, chunk)  # a Ulysses shard
+        elif chunk: loss = chunked_lm_loss(model, inputs, chunk, num_items_in_batch)
         elif "loss_weights" in inputs: loss = weighted_lm_loss(model, inputs)
         else: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return (loss, None) if return_outputs else loss
@@ -303,9 +310,9 @@ def check_parallel(cfg: TrainConfig, model, evaluating: bool = False) -> None:
     kv = getattr(model.config, "num_key_value_heads", heads)
     if heads % cfg.sp_size or kv % cfg.sp_size:
         raise ValueError(f"{heads} attention heads ({kv} key/value) are not divisible by sp_size={cfg.sp_size}")
-    if model.config._attn_implementation not in ("sdpa", PACKED_SDPA, "flash_attention_2"):
+    if model.config._attn_implementation not in ("sdpa", PACKED_SDPA, *FLASH):
         raise ValueError(f"attention {model.config._attn_implementation!r} has no Ulysses path: "
-                         "use sdpa or flash_attention_2")
+                         f"use sdpa or one of {FLASH}")
     if _world() % cfg.sp_size: raise ValueError(f"world size {_world()} is not a multiple of sp_size={cfg.sp_size}")
 
 def init_process_state(cfg: TrainConfig) -> bool:
@@ -340,15 +347,21 @@ _CKPT_ARG = ("activation_checkpointing" if "activation_checkpointing" in inspect
 def training_args(cfg: TrainConfig, out_dir, steps: int, accum: int, configured: bool = False,
                   par: dict | None = None) -> TrainingArguments:
     "HF `TrainingArguments` for a config, its steps and accumulation; `configured`: a process state exists."
-    return TrainingArguments(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=cfg.micro_batch,
-        gradient_accumulation_steps=accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule,
-        warmup_steps=min(cfg.warmup_steps, steps), weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip,
-        logging_steps=cfg.log_steps, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
-        bf16=cfg.bf16, report_to=[], seed=cfg.seed, data_seed=cfg.seed, **{_CKPT_ARG: cfg.grad_checkpointing},
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available() and not configured, disable_tqdm=False,
-        deepspeed=cfg.deepspeed, remove_unused_columns=False, train_sampling_strategy=cfg.sampling,
-        accelerator_config={"use_configured_state": True} if configured else None, optim=cfg.optim, **(par or {}))
+    # HF refuses bf16 without a GPU unless use_cpu, which would turn DeepSpeed off; CPU processes under a launcher
+    # (the CPU smoke of the GPU profiles) train bf16 through DeepSpeed's CPU accelerator instead
+    cpu_bf16 = cfg.bf16 and configured and not torch.cuda.is_available()
+    allow = mock.patch("transformers.training_args.is_torch_bf16_gpu_available", return_value=True)
+    with allow if cpu_bf16 else contextlib.nullcontext():
+        return TrainingArguments(
+            output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=cfg.micro_batch,
+            gradient_accumulation_steps=accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule,
+            warmup_steps=min(cfg.warmup_steps, steps), weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip,
+            logging_steps=cfg.log_steps, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
+            bf16=cfg.bf16, report_to=[], seed=cfg.seed, data_seed=cfg.seed, **{_CKPT_ARG: cfg.grad_checkpointing},
+            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available() and not configured,
+            disable_tqdm=False, deepspeed=cfg.deepspeed, remove_unused_columns=False,
+            train_sampling_strategy=cfg.sampling, optim=cfg.optim, **(par or {}),
+            accelerator_config={"use_configured_state": True} if configured else None)
 
 # %% ../nbs/00e_train.ipynb
 def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks=(), eval_dataset=None, init=None,
@@ -367,12 +380,9 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     configured = init_process_state(cfg)  # use_cpu=True would silently turn DeepSpeed off: gloo state instead
     par, bound, collator = sequence_parallel(cfg, model, collator)
     args = training_args(cfg, out_dir, steps, accum, configured, par)
-    tp = ThroughputCallback(tokens_per_step or accum * cfg.micro_batch * seq_len * _world())
+    tp = ThroughputCallback(tokens_per_step or accum * cfg.micro_batch * seq_len * _world() // cfg.sp_size)
     if hasattr(model.config, "use_cache"): model.config.use_cache = False
     if cfg.tiled_mlp: tile_mlp(model, cfg.tiled_mlp)
-    if cfg.loss_chunk and cfg.sp_size > 1:
-        raise ValueError("loss_chunk with sp_size > 1: each shard's loss is already 1/sp of the logits; "
-                         "use one or the other")
     trainer = WeightedLossTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                   callbacks=[tp, *callbacks], eval_dataset=eval_dataset)
     trainer.lc_cfg = cfg
@@ -382,6 +392,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
            "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
+           "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else None,
            "history": trainer.state.log_history, "finished": True}
     if _is_main():
         write_json(out_dir / "train_log.json", log)

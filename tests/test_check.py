@@ -41,8 +41,8 @@ def test_model_names_and_reads_are_checked(tmp_path):
 def test_run_checks_first_and_does_no_work(tmp_path):
     rd = tmp_path / "r"
     r = longctx("run", "--profile", "gpu", "--stages", "06", "--run-dir", str(rd),
-                "-p", "06.phases=[{seq_len: 4096, sp_size: 16, steps: 1, loss_chunk: 512}]", check=False)
-    assert r.returncode == 1 and "phases[0].loss_chunk" in r.stderr and not (rd / "manifest.json").exists()
+                "-p", "06.phases=[{seq_len: 4096, sp_size: 3, steps: 1}]", check=False)
+    assert r.returncode == 1 and "phases[0].sp_size" in r.stderr and not (rd / "manifest.json").exists()
 
 
 def _launch_only(rd, *params):

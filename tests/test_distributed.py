@@ -75,17 +75,19 @@ def test_other_launchers_run_the_same_job(tmp_path, ds_file, launcher):
 
 
 def test_ulysses_sp2_packed_equals_one_process(tmp_path, ds_file):
-    """Packed SFT rows with LongAlign weights, a shard with no targets, checkpointing: SP=2 equals one process.
+    """Packed SFT rows with LongAlign weights, a shard with no targets, checkpointing, and ALST's other savers (the loss
+    in chunks of each shard, a tiled MLP): SP=2 equals one process computing the plain loss.
     Without `packed_sdpa_bound` this fails (loss off by ~3e-3): Ulysses calls SDPA causally over the whole row."""
     samples = packed_samples()
     ids = torch.randint(1, V, (240,), generator=torch.Generator().manual_seed(5)).tolist()
     samples[0] = {"input_ids": ids, "labels": ids[:60] + [-100] * 180}   # packed alone: SP rank 1's half has no targets
     sp = tmp_path / "samples.json"; sp.write_text(json.dumps({"samples": samples}))
     data = {"kind": "packed", "path": str(sp), "seed": 0}
-    p2, s2 = job(tmp_path, "sp", {"deepspeed": ds_file, "sp_size": 2, "grad_checkpointing": True}, [{"seq_len": 256, "steps": 6}], data, 2)
+    savers = {"grad_checkpointing": True, "loss_chunk": 37, "tiled_mlp": 2}
+    p2, s2 = job(tmp_path, "sp", {"deepspeed": ds_file, "sp_size": 2, **savers}, [{"seq_len": 256, "steps": 6}], data, 2)
     p1, s1 = job(tmp_path, "one", {}, [{"seq_len": 256, "steps": 6}], data, 1)
     (l2,), (l1,) = launch(p2, "torchrun", 2), launch(p1, "python", 1)
-    assert l2["deepspeed"] and l2["config"]["sp_size"] == 2
+    assert l2["deepspeed"] and l2["config"]["sp_size"] == 2 and l2["config"]["loss_chunk"] == 37
     assert max(abs(a - b) for a, b in zip(losses(l2), losses(l1))) < 1e-5, (losses(l2), losses(l1))
     assert max_diff(weights(s2, 0), weights(s1, 0)) < 1e-6
 
