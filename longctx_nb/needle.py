@@ -264,8 +264,10 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
             "prefill_tokens_per_s": st["prefill_tokens"] / st["prefill_s"] if st["prefill_s"] else None}
 
 # %% ../nbs/07_needle.ipynb
+def _short(n: int) -> str: return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
 def plot_heatmap(df, score: str = "word_recall", train_len: int | None = None, title: str = "",
-                 vmax: float | None = None, ax=None):
+                 vmax: float | None = None, ax=None, marks=()):
     "Depth × length heatmap of `score` from a results frame (one variant)."
     import matplotlib.pyplot as plt, seaborn as sns  # plotting libraries load only when a figure is drawn
     from matplotlib.colors import LinearSegmentedColormap
@@ -277,19 +279,19 @@ def plot_heatmap(df, score: str = "word_recall", train_len: int | None = None, t
     lo, hi = (1, 10) if score == "judge" else (0, vmax or 1)
     sns.heatmap(piv.values, cmap=cmap, vmin=lo, vmax=hi, ax=ax, linewidths=0.5, linecolor="white",
                 cbar_kws={"fraction": 0.05, "label": score})
-    xlabels = [f"{c // 1000}K" if c >= 1000 and c % 1000 == 0 else str(c) for c in piv.columns]
-    ax.set_xticks(np.arange(piv.shape[1]) + 0.5, xlabels, rotation=45)
+    ax.set_xticks(np.arange(piv.shape[1]) + 0.5, [_short(c) for c in piv.columns], rotation=45)
     ax.set_yticks(np.arange(piv.shape[0]) + 0.5, [f"{d:g}" for d in piv.index], rotation=0)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth (% of context)")
-    if train_len:  # cell i spans [i, i+1]: the line sits after the training length's column, or between columns
-        cols = list(piv.columns)
-        x = float(np.interp(train_len, cols, range(len(cols)))) if len(cols) > 1 else 0
-        if train_len > cols[-1]:
-            x = len(cols) - 0.5
-        xl = (x + 1 if train_len in cols else x + 0.5)
-        ax.axvline(xl, color="white", ls="--", lw=1.5)
-        ax.text(xl + 0.05, piv.shape[0] - 0.2, f"train {train_len}", color="white", fontsize=7)
+    cols = list(piv.columns)
+    for L in sorted({*marks, *([train_len] if train_len else [])}):
+        if not cols[0] <= L <= cols[-1]: continue  # outside the grid: no line
+        # cell i spans [i, i+1]: the line sits after the column of that length, or between two columns
+        x = float(np.interp(L, cols, range(len(cols))))
+        xl = x + 1 if L in cols else x + 0.5
+        ax.axvline(xl, color="white", ls="--", lw=1.5 if L == train_len else 1.0)
+        ax.text(xl + 0.05, piv.shape[0] - 0.2, f"train {_short(L)}" if L == train_len else _short(L), color="white",
+                fontsize=7)
     ax.set_title(f"{title} — average {score} {np.nanmean(piv.values):.3f}", fontsize=9)
     return ax.figure
 
@@ -299,7 +301,8 @@ def plot_heatmaps(frames: dict, score: str = "word_recall", train_lens: dict | N
     import matplotlib.pyplot as plt  # loads only when a figure is drawn
     fig, axes = plt.subplots(1, len(frames), figsize=(3.6 * len(frames) + 0.6, 3.2), squeeze=False)
     for ax, (name, df) in zip(axes[0], frames.items()):
-        plot_heatmap(df, score, (train_lens or {}).get(name), title=name, ax=ax)
+        plot_heatmap(df, score, (train_lens or {}).get(name), title=name, ax=ax,
+                     marks={L for n, L in (train_lens or {}).items() if n in frames and L})
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
