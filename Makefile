@@ -10,7 +10,7 @@ TORCH  := torch>=2.4,<2.14
 # the machine's pip configuration names index folders that do not exist; only those lines are dropped.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install run test check docs-check docs docs-serve lab browser gpu-check gpu-wheels
+.PHONY: install run test check smoke docs-check docs docs-serve lab browser gpu-check gpu-wheels
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: install
 # `longctx check` for every shipped profile: each stage's parameters resolved as a run would, validated, nothing run.
 check: install
 	@for p in longctx_nb/profiles/*.yaml; do $(BIN)/longctx check --profile $$p || exit 1; done
+
+# The smol profile (SmolLM2, the GPU profile's code paths) at CPU sizes, stages 01-08 (about 10 minutes on 2 cores).
+smoke: install
+	$(BIN)/python -m pytest -q tests/test_smol_smoke.py
 
 test: install browser
 	$(BIN)/nbdev_test --n_workers 2
