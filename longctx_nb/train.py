@@ -396,6 +396,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
            "history": trainer.state.log_history, "finished": True}
     if _is_main():
         write_json(out_dir / "train_log.json", log)
+        for ck in out_dir.glob("checkpoint-*"): shutil.rmtree(ck)  # a finished run resumes from its log, not these
         if out_dir != final: swap_dir(out_dir, final)
     return log
 
