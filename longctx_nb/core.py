@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, hashlib, json, os, random, shutil, subprocess, sys, tempfile, time
+import contextlib, copy, hashlib, json, os, random, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,12 +12,12 @@ import yaml
 from fastcore.basics import patch
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'PARAM_RULES', 'RUN_MODELS', 'FINAL', 'SFT_LONG',
-           'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'write_text', 'write_json',
-           'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything',
-           'stable_hash', 'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile',
-           'parse_override', 'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir',
-           'save_figure', 'plot_theme', 'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'DTYPES', 'SPEC_RULES', 'PARAM_RULES', 'RUN_MODELS',
+           'FINAL', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path',
+           'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl',
+           'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256', 'file_key', 'path_key',
+           'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'param_rule', 'check_parameter',
+           'check_parameters', 'RunDir', 'save_figure', 'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -268,14 +268,23 @@ def _expand(v):
 
 # %% ../nbs/00_core.ipynb
 def parse_override(s: str) -> tuple[str | None, str, Any]:
-    "Parse `-p key=value` or `-p 01.key=value` into (stage or None, key, YAML-typed value)."
+    "Parse `-p key=value`, `-p 01.key=value` or `-p 07.key.sub=value` into (stage or None, key path, YAML value)."
     if "=" not in s: raise ValueError(f"override {s!r} is not key=value")
     k, v = s.split("=", 1)
-    stage, _, key = k.rpartition(".")
+    first, _, rest = k.strip().partition(".")
+    stage, key = (first.zfill(2), rest) if first.isdigit() and rest else (None, k.strip())
     try: val = yaml.safe_load(v)
     except yaml.YAMLError as e:
         raise ValueError(f"override {s!r}: the value is not valid YAML: {_one_line(e)}") from None
-    return (stage.zfill(2) if stage else None), key.strip(), val
+    return stage, key, val
+
+def _set_path(value, path: list[str], new, where: str):
+    "A copy of the mapping `value` with `new` at `path` (`where` names the key in errors)."
+    if not isinstance(value, dict):
+        raise ValueError(f"override {where}: {'.'.join(path)} is inside {value!r}, not a mapping")
+    out = copy.deepcopy(value)
+    out[path[0]] = new if len(path) == 1 else _set_path(out.get(path[0], {}), path[1:], new, where)
+    return out
 
 def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -> dict[str, dict]:
     "Per-stage parameters from a loaded profile and overrides; `declared` maps stage -> its parameters cell."
@@ -283,7 +292,13 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
     common = dict(profile["common"])
     per = {s: dict(v) for s, v in profile["stages"].items()}
     for stage, key, val in map(parse_override, overrides):
-        (per.setdefault(stage, {}) if stage else common)[key] = val
+        top, *path = key.split(".")
+        if path and not stage:
+            raise ValueError(f"override {key}: a key inside a parameter needs its stage (`07.{key}=...`)")
+        if path:  # one entry inside a mapping: the rest of the mapping as the profile or the notebook has it
+            base = per.get(stage, {}).get(top, common.get(top, declared.get(stage, {}).get(top)))
+            val = _set_path(base, path, val, f"{stage}.{key}")
+        (per.setdefault(stage, {}) if stage else common)[top] = val
     for key, val in common.items():
         hits = [s for s, names in declared.items() if key in names]
         if not hits: raise KeyError(f"unknown parameter {key!r} in {profile['source']}: no stage declares it")
@@ -300,6 +315,10 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
 # %% ../nbs/00_core.ipynb
 _STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
 _SCORERS = ["contains", "exact", "word_recall", "answer_recall", "rouge1_f", "judge"]  # stage 07's scores
+DTYPES = ("auto", "float32", "bfloat16", "int8")  # a local model's precision (`infer.resolve_dtype` reads them)
+SPEC_RULES = {  # the keys of a model spec ({path, ...}) that a rule checks: a generator, a judge, a model to evaluate
+    "dtype": {"choices": list(DTYPES)}, "batch_size": {"type": int, "min": 1},
+    "max_new_tokens": {"type": int, "min": 1}, "max_length": {"type": int, "min": 16}, "reuse_prefix": {"type": bool}}
 PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
     "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
     "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
@@ -315,6 +334,8 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "n_short": {"min": 0}, "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1},
            "packs_per_batch": {"min": 1}, "epochs": {"min": 1},
            "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
+    "04": {"generator": {"type": (str, dict), "spec": "one"}, "retries": {"min": 0},
+           "max_reasks": {"type": (int, None), "min": 0}},
     "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
            "model": {"type": (str, None)}, "parity": {"type": (dict, None)}, "data_n": {"type": (int, None), "min": 1},
@@ -324,10 +345,11 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},
            "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
-           "judge": {"type": (str, dict, None)}},
+           "judge": {"type": (str, dict, None), "spec": "one"}, "models": {"spec": "each"}},
     "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
            "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
-           "judge": {"type": (str, dict)}, "judge_retries": {"min": 0}},
+           "judge": {"type": (str, dict), "spec": "one"}, "judge_retries": {"min": 0}, "models": {"spec": "each"},
+           "judges": {"spec": "each"}},
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}
@@ -346,12 +368,24 @@ def _is(v, t) -> bool:
     if t is int: return type(v) is int
     return isinstance(v, t)
 
-def check_parameter(stage: str, key: str, value, default=None) -> str | None:
-    "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is)."
-    rule = param_rule(stage, key, default)
+def _check_specs(stage: str, key: str, value, how: str) -> str | None:
+    "Why a model spec (`how='one'`) or a mapping of them (`'each'`) breaks `SPEC_RULES`, naming the full key."
+    specs = {key: value} if how == "one" else {f"{key}.{n}": s for n, s in (value or {}).items()}
+    for name, spec in specs.items():
+        if isinstance(spec, dict):
+            for k, rule in SPEC_RULES.items():
+                if k in spec and (e := check_parameter(stage, f"{name}.{k}", spec[k], rule=rule)):
+                    return e
+    return None
+
+def check_parameter(stage: str, key: str, value, default=None, rule: dict | None = None) -> str | None:
+    "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is); `rule` overrides the table's."
+    rule = rule or param_rule(stage, key, default)
     types = rule.get("type")
     types = types if isinstance(types, tuple) else (types,) if types is not None else ()
     bad = f"stage {stage}: {key}={value!r}"
+    if "spec" in rule and isinstance(value, dict) and (e := _check_specs(stage, key, value, rule["spec"])):
+        return e
     if types and not any(_is(value, t) for t in types):
         return f"{bad} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; expected " + \
                " or ".join(_TYPE_NAMES.get(t if t is not None else type(None), str(t)) for t in types)

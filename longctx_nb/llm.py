@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .chat import ensure_chat_template
 # core's JSONL reader and torn-proof appender, and the run folder's paths
 from .core import RunDir, append_jsonl, read_json, read_jsonl, stable_hash
+from .infer import ATTN, quantize_int8, resolve_dtype
 from .models import apply_rope, resolve_model
 from .tokenizer import load_tokenizer
 
@@ -46,15 +47,20 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # %% ../nbs/00f_llm.ipynb
 class HFGenerator:
     "Greedy generation from a local causal LM: batched, or one prompt at a time reusing shared prefixes' KV cache."
-    def __init__(self, path, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, dtype=None, attn=None,
-                 device=None, rope: dict | None = None, reuse_prefix: bool = False):
+    def __init__(self, path, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, dtype: str | None = None,
+                 attn=None, device=None, rope: dict | None = None, reuse_prefix: bool = False):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.bfloat16 if self.device == "cuda" else torch.float32)
+        compute, int8 = resolve_dtype(dtype, self.device)  # an unknown name fails here, before the model loads
+        self.dtype = ("int8+" if int8 else "") + str(compute).removeprefix("torch.")  # what the answers came from
         cfg = AutoConfig.from_pretrained(str(path))
         self.train_len = getattr(cfg, "max_position_embeddings", None)  # the window the weights were trained for
         cfg = apply_rope(cfg, rope)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), config=cfg, dtype=dtype,
-                                                          attn_implementation=attn or attn_implementation())
+        best = attn_implementation()  # on CPU, SDPA with the split path for a suffix after a cached prefix
+        attn = attn or (ATTN if best == "sdpa" and self.device == "cpu" else best)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), config=cfg, dtype=compute,
+                                                          attn_implementation=attn)
+        if int8:
+            quantize_int8(self.model)
         self.model = self.model.to(self.device).eval()
         tok_path = tokenizer or path
         try:
@@ -64,8 +70,9 @@ class HFGenerator:
                           "(the run's tokenizer folder or an HF path)") from e
         self.name, self.batch_size, self.max_new_tokens = str(path), batch_size, max_new_tokens
         self.max_len = getattr(cfg, "max_position_embeddings", None)
-        # dynamic NTK rescales every position by the current length: a prefix cached at another length would differ
-        self.reuse_prefix = reuse_prefix and (cfg.rope_parameters or {}).get("rope_type") != "dynamic"
+        # dynamic NTK rescales every position by the current length: `prefill_reusing` knows when a prefix still fits
+        self.dynamic = (cfg.rope_parameters or {}).get("rope_type") == "dynamic"
+        self.reuse_prefix = reuse_prefix
         self._anchor = None  # (token ids, KV cache) of the last prompt prefilled with reuse
         self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0, "reused_tokens": 0}
 
@@ -83,7 +90,7 @@ class HFGenerator:
         n = max_new_tokens or self.max_new_tokens
         rng = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         if self.reuse_prefix:
-            return [self._decode(*self.prefill_reusing(x), n, temperature, rng)[0] for x in ids]
+            return [self._decode(*self.prefill_reusing(x, n), n, temperature, rng)[0] for x in ids]
         out = []
         for i in range(0, len(ids), self.batch_size):
             out += self._decode(*self.prefill_batch(ids[i:i + self.batch_size]), n, temperature, rng)
@@ -101,6 +108,8 @@ def pick_tokens(logits: torch.Tensor, temperature: float = 0.0, rng: torch.Gener
 @torch.no_grad()
 def prefill_batch(self: HFGenerator, ids: list[list[int]]):
     "Prefill left-padded prompts: (next tokens, cache, mask, positions)."
+    if self.dynamic:
+        self.reset_dynamic_rope()  # each batch as if it were the first (see `prefill_reusing`)
     pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
     T, B = max(map(len, ids)), len(ids)
     x = torch.full((B, T), pad, dtype=torch.long)
@@ -172,9 +181,28 @@ def _text(self: HFGenerator, row: list[int]) -> str:
 # %% ../nbs/00f_llm.ipynb
 @patch
 @torch.no_grad()
-def prefill_reusing(self: HFGenerator, ids: list[int]):
+def reset_dynamic_rope(self: HFGenerator) -> None:
+    "Give a dynamic-NTK model its trained rotary frequencies back (transformers keeps the largest length seen)."
+    for m in self.model.modules():
+        if hasattr(m, "original_inv_freq") and hasattr(m, "max_seq_len_cached"):
+            m.inv_freq = m.original_inv_freq.clone()
+            m.max_seq_len_cached = m.original_max_seq_len
+
+@patch
+def _reusable(self: HFGenerator, n_ids: int, max_new: int) -> bool:
+    "Whether the anchor's cache holds what a full prefill of a prompt of `n_ids` tokens would compute."
+    if not self._anchor or not self.dynamic:
+        return bool(self._anchor)
+    inside = len(self._anchor[0]) < self.train_len and n_ids + max_new < self.train_len
+    return inside or n_ids == len(self._anchor[0])
+
+@patch
+@torch.no_grad()
+def prefill_reusing(self: HFGenerator, ids: list[int], max_new: int = 0):
     "Prefill one prompt reusing the previous prompt's cache for their common prefix: (logits, cache, mask, positions)."
-    keep = min(common_prefix(self._anchor[0], ids), len(ids) - 1) if self._anchor else 0
+    if self.dynamic:
+        self.reset_dynamic_rope()
+    keep = min(common_prefix(self._anchor[0], ids), len(ids) - 1) if self._reusable(len(ids), max_new) else 0
     past = None
     if keep:
         past = copy.deepcopy(self._anchor[1])
@@ -356,8 +384,8 @@ def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 
         tok = read_json(RunDir(run_root).data_json, {}).get("tokenizer")
     gen = HFGenerator(m.path, tokenizer=tok, batch_size=spec.get("batch_size", batch_size),
                       max_new_tokens=spec.get("max_new_tokens", max_new_tokens), rope=spec.get("rope"),
-                      reuse_prefix=spec.get("reuse_prefix", False))
-    gen.provenance = {**m.provenance, **({"rope": spec["rope"]} if spec.get("rope") else {})}
+                      reuse_prefix=spec.get("reuse_prefix", False), dtype=spec.get("dtype"))
+    gen.provenance = {**m.provenance, **({"rope": spec["rope"]} if spec.get("rope") else {}), "dtype": gen.dtype}
     return gen
 
 # %% ../nbs/00f_llm.ipynb
@@ -478,7 +506,7 @@ class LoopbackJudge:
 class HFChatClient:
     "The `OpenAIClient` interface over a local `HFGenerator`: batched, with the same response cache and counters."
     def __init__(self, gen: HFGenerator, cache=None, max_tokens: int = 256, temperature: float = 0.0):
-        self.gen, self.model = gen, gen.name
+        self.gen, self.model = gen, f"{gen.name}@{gen.dtype}"  # the precision changes answers: part of the cache key
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
         self.cache, self.usage = ResponseCache(cache), new_usage()
 

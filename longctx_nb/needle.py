@@ -226,33 +226,39 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
              scorers=("contains", "word_recall", "rouge1_f"), judge: OpenAIClient | None = None,
              progress: bool = True) -> dict:
     "Evaluate `cells` with generator `gen`, appending to `out_path`; returns counts and throughput."
-    rope = getattr(gen, "provenance", {}).get("rope")
+    prov = getattr(gen, "provenance", {})
+    rope, dtype = prov.get("rope"), prov.get("dtype", "float32")  # float32 keys stay as they were before `dtype`
     h = stable_hash(haystack) if rope is None else stable_hash(haystack, json.dumps(rope, sort_keys=True))
+    h = h if dtype == "float32" else stable_hash(str(h), dtype)
     hay_hash = f"{h & 0xffffffff:08x}+{gen.max_new_tokens}"  # what else changes an answer
     done = {r["key"] for r in read_results(out_path)}
     todo = [c for c in cells if cell_key(model, form, hay_hash, c) not in done]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    groups = {}
-    for c in sorted(todo, key=lambda c: -c["depth"]):  # deepest first: each prompt shares the most with the previous
-        groups.setdefault((c["variant"], c["length"]), []).append(c)
+    # the needle farthest into the haystack (in tokens) first: each prompt then shares the most with the previous
+    # one; a generator reusing prefixes takes cells one at a time across lengths in that order (every context reads
+    # the haystack from its start), a batching one takes each length's cells together (one batch, no padding)
+    reuse, groups = getattr(gen, "reuse_prefix", False), {}
+    for c in sorted(todo, key=lambda c: -c["depth"] * c["length"]):
+        key = (c["variant"], c["length"], c["depth"]) if reuse else (c["variant"], c["length"])
+        groups.setdefault(key, []).append(c)
     overhead = {}
     t0, n, stats0 = time.perf_counter(), 0, dict(gen.stats)
     bar = tqdm(total=len(todo), desc=f"needle {model}", disable=not progress or not todo)
-    for (variant, L), cs in groups.items():
+    for (variant, *_), cs in groups.items():
         specs = [variant_spec(variant, c["passkey"]) for c in cs]
         if (variant, form) not in overhead:
             empty = render_prompt(form, "", specs[0]["question"])
             overhead[(variant, form)] = len(gen.encode(empty))
-        room = L - overhead[(variant, form)]  # the context's tokens: the length less the prompt's own
-        built = [build_context(gen.tok, sp.get("filler", haystack), room, c["depth"], sp["needles"])
-                 for c, sp in zip(cs, specs)]
+        # the context's tokens: the length less the prompt's own
+        built = [build_context(gen.tok, sp.get("filler", haystack), c["length"] - overhead[(variant, form)],
+                               c["depth"], sp["needles"]) for c, sp in zip(cs, specs)]
         prompts = [render_prompt(form, b["context"], sp["question"]) for b, sp in zip(built, specs)]
         outs = gen.generate(prompts)
         lines = []
         for c, sp, b, o in zip(cs, specs, built, outs):
             sc = score_cell(o, sp, variant, scorers, judge)
             lines.append({"key": cell_key(model, form, hay_hash, c), "model": model, "prompt": form, **c,
-                          "prompt_tokens": L, "realised_depth": round(b["depths"][0], 2), "output": o, **sc})
+                          "prompt_tokens": c["length"], "realised_depth": round(b["depths"][0], 2), "output": o, **sc})
         append_jsonl(out_path, lines)
         n += len(cs)
         bar.update(len(cs))

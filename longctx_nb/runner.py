@@ -218,6 +218,10 @@ def _cell_error(e) -> str:
     return f"cell {idx}: {ename}: {evalue}\n{tb[-3000:]}"
 
 # %% ../nbs/00d_runner.ipynb
+def _cell_bar(name: str, progress: bool) -> dict | bool:
+    "papermill's bar of a stage's cells, under the stages bar and gone when the stage ends (False: none)."
+    return {"desc": f"  {name} cells", "leave": False, "position": 1, "dynamic_ncols": True} if progress else False
+
 def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
                 log_output) -> dict:
     "Run the chosen stages in order, recording each in the manifest (the caller holds the run lock)."
@@ -251,7 +255,7 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), kernel_name=kernel,
-                                progress_bar=False, log_output=log_output, report_mode=False,
+                                progress_bar=_cell_bar(name, progress), log_output=log_output, report_mode=False,
                                 config=kernel_config())
         except Exception as e:
             entry.update(status="failed", wall_s=round(time.time() - t0, 1), error=_cell_error(e)[:4000])
@@ -338,6 +342,10 @@ def main(argv=None):
         _log_traceback(run_dir)
         return 1
     print(f"run folder: {Path(run_dir).resolve()}")
+    figs = sorted(Path(run_dir).glob("*/figures/*.png"))
+    if figs:  # where to look: the PNGs themselves, and the docs site that shows them beside each stage's notebook
+        print(f"figures: {len(figs)} PNGs in {Path(run_dir)}/<stage>/figures/; "
+              "the docs site with every stage's figures: make docs && make docs-serve (http://127.0.0.1:3000)")
     return 0
 
 # %% ../nbs/00d_runner.ipynb

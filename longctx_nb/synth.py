@@ -16,11 +16,11 @@ from .retrieval import build_index, chunk_by_tokens
 
 # %% auto 0
 __all__ = ['TASK_TYPES', 'QUESTIONS_PROMPT', 'INSTRUCTION_PROMPT', 'SUMMARY_PROMPT', 'ANSWER_PROMPT', 'WRITING_VERBS',
-           'BACKTRANSLATION_PROMPT', 'FUNNEL', 'user', 'doc_id', 'candidate', 'ask', 'head_tokens', 'n_tokens',
-           'parse_questions', 'parse_instruction', 'check_answer', 'load_pool', 'self_instruct', 'is_irrelevant',
-           'agent_instructions', 'summarize', 'agent_records', 'cut_document', 'backtranslation_records', 'record_text',
-           'instruction_of', 'long_text', 'filter_candidates', 'funnel', 'load_short', 'finish', 'mix', 'jsonl_text',
-           'length_table', 'plot_lengths']
+           'BACKTRANSLATION_PROMPT', 'FUNNEL', 'user', 'doc_id', 'candidate', 'Reasks', 'ask', 'head_tokens',
+           'n_tokens', 'parse_questions', 'parse_instruction', 'check_answer', 'load_pool', 'self_instruct',
+           'is_irrelevant', 'agent_instructions', 'summarize', 'agent_records', 'cut_document',
+           'backtranslation_records', 'record_text', 'instruction_of', 'long_text', 'filter_candidates', 'funnel',
+           'load_short', 'finish', 'mix', 'jsonl_text', 'length_table', 'plot_lengths']
 
 # %% ../nbs/04_synth.ipynb
 def user(text: str) -> list[dict]:
@@ -38,11 +38,25 @@ def candidate(method: str, messages: list[dict] | None, sources: list[str], gene
     return {"id": rid, "method": method, "messages": messages, "source_ids": sources, "generator": generator,
             "status": "invalid" if reason else "valid", "reason": reason, "audit": audit}
 
-def ask(client, requests: list[list[dict]], parse, retries: int = 1, **params) -> list[tuple]:
+class Reasks:
+    "Re-asks allowed: `per_request` for one request, `total` (None: no cap) across every `ask` that shares this."
+    def __init__(self, per_request: int = 1, total: int | None = None):
+        self.per_request, self.total, self.used, self.refused = per_request, total, 0, 0
+
+    def take(self, n: int) -> int:
+        "How many of `n` re-asks may go now (counted as used; the rest counted as refused)."
+        k = n if self.total is None else max(0, min(n, self.total - self.used))
+        self.used, self.refused = self.used + k, self.refused + n - k
+        return k
+
+def ask(client, requests: list[list[dict]], parse, retries: int | Reasks = 1, **params) -> list[tuple]:
     "`(value, reason, attempts)` per request; replies `parse(i, text)` rejects are asked again (a new sample)."
+    budget = retries if isinstance(retries, Reasks) else Reasks(retries)
     out = [(None, "not asked", 0)] * len(requests)
     pending = list(range(len(requests)))
-    for attempt in range(retries + 1):
+    for attempt in range(budget.per_request + 1):
+        if attempt and pending:
+            pending = pending[:budget.take(len(pending))]  # the stage's re-ask cap: the rest keep their reason
         if not pending:
             break
         replies = client.chat_many([requests[i] for i in pending], salt=f"re-ask {attempt}" if attempt else "",

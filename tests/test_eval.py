@@ -166,7 +166,8 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
     cells = pd.read_csv(cpu_run / "07_needle" / "tables" / "cells.csv")
     smol = cells[cells.model == "smollm2"]
     assert smol[smol.length == 2048].answer_recall.iloc[0] >= 0.8, "the real model finds the needle inside its window"
-    assert m7["speed"]["smollm2"]["reused_token_share"] > 0.1 and m7["speed"]["smollm2-dynamic2"]["reused_token_share"] == 0
+    # dynamic NTK reuses a prefix too, where both prompts stay inside the window or have one length
+    assert m7["speed"]["smollm2"]["reused_token_share"] > 0.3 and m7["speed"]["smollm2-dynamic2"]["reused_token_share"] > 0.3
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
     assert src["smollm2"]["source"] == "registry" and src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final"}
     assert src["smollm2-yarn2"]["rope"] == {"method": "yarn", "factor": 2}

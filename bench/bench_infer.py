@@ -1,0 +1,104 @@
+"""Prefill and decoding speed of the real model in float32 against the faster precision paths, in one run.
+
+Usage: python bench/bench_infer.py [--dtypes auto int8] [--lengths 2048 8192] [--batches 1 16] [--new 32]
+
+SmolLM2-135M-Instruct (the offline registry model) loaded once per precision (`infer.resolve_dtype`): prefill
+tokens/s of one prompt of each length (real text, logits of the last position only, as generation prefills) and
+decoding tokens/s at each batch size (greedy, `--new` steps, no early stop), each line ending with its ratio to
+float32. Then the greedy answers of every path to a fixed set of prompts (chat questions, passkeys and a needle at
+2K) are compared with float32's, and the differences counted. bfloat16 on a CPU without native bf16 instructions is
+emulated and several times slower than float32: it is measured only when asked for by name.
+"""
+import argparse, time
+
+import torch
+
+from longctx_nb.infer import native_bf16, resolve_dtype
+from longctx_nb.llm import HFGenerator
+from longctx_nb.models import resolve_model
+from longctx_nb.needle import build_context, load_haystack, render_prompt, variant_spec
+
+QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 12 times 12?",
+             "Write one sentence about the sea."]
+
+
+def answer_prompts(gen, hay) -> list:
+    "Chat questions, two passkeys and a needle at 2K tokens: the prompts whose greedy answers are compared."
+    out = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    for key, depth in ((71342, 50), (40517, 20)):
+        sp = variant_spec("passkey", key)
+        out.append(render_prompt("chat", build_context(gen.tok, sp["filler"], 2000, depth, sp["needles"])["context"],
+                                 sp["question"]))
+    sp = variant_spec("single", 0)
+    out.append(render_prompt("chat", build_context(gen.tok, hay, 2000, 60, sp["needles"])["context"], sp["question"]))
+    return out
+
+
+@torch.no_grad()
+def prefill_tps(gen, ids: list[int]) -> float:
+    "Tokens per second of one prefill of `ids` (last position's logits only)."
+    x = torch.tensor([ids])
+    gen.model(input_ids=x[:, :32], logits_to_keep=1)  # warm the kernels
+    t = time.perf_counter()
+    gen.model(input_ids=x, logits_to_keep=1, use_cache=True)
+    return len(ids) / (time.perf_counter() - t)
+
+
+@torch.no_grad()
+def decode_tps(gen, ids: list[int], batch: int, steps: int) -> float:
+    "Tokens per second of `steps` greedy decoding steps for `batch` copies of a prompt, after its prefill."
+    x = torch.tensor([ids] * batch)
+    out = gen.model(input_ids=x, use_cache=True, logits_to_keep=1)
+    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+    t = time.perf_counter()
+    for _ in range(steps):
+        out = gen.model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def measure(dtype: str, path, hay: str, args) -> dict:
+    "Speeds and answers of one precision path."
+    gen = HFGenerator(path, batch_size=1, max_new_tokens=24, dtype=dtype)
+    text_ids = gen.encode(hay)
+    res = {"name": gen.dtype, "prefill": {}, "decode": {}}
+    for n in args.lengths:
+        res["prefill"][n] = prefill_tps(gen, text_ids[:n])
+    for b in args.batches:
+        res["decode"][b] = decode_tps(gen, text_ids[:256], b, args.new)
+    res["answers"] = gen.generate(answer_prompts(gen, hay))
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtypes", nargs="+", default=["auto", "int8"], help="paths compared with float32")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192], help="prefill lengths in tokens")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="decoding batch sizes")
+    ap.add_argument("--new", type=int, default=32, help="decoding steps measured")
+    args = ap.parse_args()
+    path, hay = resolve_model("smollm2-135m-instruct").path, load_haystack("paul_graham")
+    print(f"SmolLM2-135M-Instruct on {torch.get_num_threads()} threads; native bf16: {native_bf16()}; "
+          f"auto = {resolve_dtype('auto')[0]}")
+    base = measure("float32", path, hay, args)
+    names = {base["name"]}
+    for d in args.dtypes:
+        r = measure(d, path, hay, args)
+        if r["name"] in names:
+            print(f"{d}: resolves to {r['name']} here, measured already")
+            continue
+        names.add(r["name"])
+        for n, v in r["prefill"].items():
+            print(f"prefill {n:6,d} tokens  {r['name']:>14s} {v:8.1f} tok/s  float32 {base['prefill'][n]:8.1f} tok/s"
+                  f"  {v / base['prefill'][n]:.2f}×")
+        for b, v in r["decode"].items():
+            print(f"decode  batch {b:3d}     {r['name']:>14s} {v:8.1f} tok/s  float32 {base['decode'][b]:8.1f} tok/s"
+                  f"  {v / base['decode'][b]:.2f}×")
+        diff = [i for i, (a, f) in enumerate(zip(r["answers"], base["answers"])) if a != f]
+        print(f"answers {r['name']}: {len(r['answers']) - len(diff)}/{len(r['answers'])} identical to float32's"
+              + "".join(f"\n  [{i}] float32 {base['answers'][i]!r}\n      {r['name']} {r['answers'][i]!r}"
+                        for i in diff))
+
+
+if __name__ == "__main__":
+    main()
