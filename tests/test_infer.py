@@ -69,3 +69,24 @@ def test_suffix_after_cached_prefix_gives_a_full_prefills_last_logits(smol_dir, 
     suffix = out.logits[:, -1].float()
     assert (suffix - full.float()).abs().max().item() <= tol * full.float().abs().max().item()
     assert suffix.argmax().item() == full.argmax().item()
+
+
+def test_dynamic_ntk_reuses_a_prefix_only_where_it_holds(smol_dir, tmp_path):
+    "A tiny random model with the real tokenizer and a 512-token window, dynamic NTK x2: reused = full prefill."
+    from transformers import AutoTokenizer
+    from longctx_nb.train import tiny_llama
+    tok = AutoTokenizer.from_pretrained(smol_dir)
+    tok.save_pretrained(tmp_path / "m")
+    tiny_llama(len(tok), hidden=32, layers=1, heads=2, max_pos=512).save_pretrained(tmp_path / "m")
+    rope, hay = {"method": "dynamic", "factor": 2}, load_haystack("paul_graham")
+    reuse = HFGenerator(tmp_path / "m", max_new_tokens=4, reuse_prefix=True, rope=rope)
+    full = HFGenerator(tmp_path / "m", max_new_tokens=4, rope=rope)
+    sp = variant_spec("single", 0)
+    # beyond the window, then inside it: each pair shares its haystack up to the second needle
+    ids = [reuse.encode(render_prompt("chat", build_context(reuse.tok, hay, n, d, sp["needles"])["context"],
+                                      sp["question"])) for n, d in [(900, 80), (900, 40), (300, 80), (300, 40)]]
+    for x in ids:
+        a, *_ = reuse.prefill_reusing(x, 4)
+        b, *_ = full.prefill_batch([x])
+        assert (a - b).abs().max().item() < 1e-4
+    assert reuse.stats["reused_tokens"] >= 0.3 * len(ids[3])  # the pair inside the window shares its prefix
