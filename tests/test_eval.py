@@ -14,6 +14,7 @@ from longctx_nb.llm import (EndpointError, EndpointGenerator, HFGenerator, Loopb
 from longctx_nb.longbench_chat import load_cases, load_few_shots, predict, judge_all, judge_case, summarize
 from longctx_nb.needle import (NEEDLE, build_context, context_lengths, depth_percents, grid_cells, load_haystack,
                                read_results, run_grid, rouge1_f, word_recall, contains, exact, keys_found)
+from longctx_nb.infer import resolve_dtype
 from longctx_nb.tokenizer import train_bpe
 from longctx_nb.train import tiny_llama
 
@@ -156,6 +157,11 @@ def test_endpoint_model_through_the_same_grid(small_model, tmp_path):
     assert [r["word_recall"] for r in rows] == [10 / 17] * 3 and sent[0]["role"] == "system" and NEEDLE in sent[1]["content"]
 
 
+def resolve_dtype_name() -> str:
+    "What `dtype: auto` gives on this machine, as the manifest writes it."
+    return str(resolve_dtype("auto")[0]).removeprefix("torch.")
+
+
 def test_eval_stages_in_the_cpu_run(cpu_run):
     m7 = json.loads((cpu_run / "07_needle" / "metrics.json").read_text())
     for name, n in m7["grid"].items():
@@ -168,10 +174,12 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
     mid = smol[(smol.length == 2048) & (smol.depth == 50)]
     assert mid.answer_recall.iloc[0] >= 0.8, "the real model finds the needle inside its window"
     assert sorted(smol.depth.unique()) == [0, 25, 50, 75, 100] and smol.length.max() > 8192  # the grid crosses 8K
-    # dynamic NTK reuses a prefix too, where both prompts stay inside the window or have one length
-    assert m7["speed"]["smollm2"]["reused_token_share"] > 0.3 and m7["speed"]["smollm2-dynamic2"]["reused_token_share"] > 0.3
+    # dynamic NTK reuses a prefix too where both prompts stay inside the window, less than the others past it
+    share = {k: m7["speed"][k]["reused_token_share"] for k in ("smollm2", "smollm2-dynamic2")}
+    assert share["smollm2"] > 0.4 and 0.1 < share["smollm2-dynamic2"] < share["smollm2"], share
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
-    assert src["smollm2"]["source"] == "registry" and src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final"}
+    assert src["smollm2"]["source"] == "registry" and src["smollm2"]["dtype"] == resolve_dtype_name()
+    assert src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final", "dtype": resolve_dtype_name()}
     assert src["smollm2-yarn2"]["rope"] == {"method": "yarn", "factor": 2}
     m8 = json.loads((cpu_run / "08_longbench_chat" / "metrics.json").read_text())
     for name in ("sft-packing", "smollm2"):
