@@ -176,7 +176,7 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
     assert sorted(smol.depth.unique()) == [0, 25, 50, 75, 100] and smol.length.max() > 8192  # the grid crosses 8K
     # dynamic NTK reuses a prefix too where both prompts stay inside the window, less than the others past it
     share = {k: m7["speed"][k]["reused_token_share"] for k in ("smollm2", "smollm2-dynamic2")}
-    assert share["smollm2"] > 0.4 and 0.1 < share["smollm2-dynamic2"] < share["smollm2"], share
+    assert share["smollm2"] > 0.3 and 0.05 < share["smollm2-dynamic2"] < share["smollm2"], share
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
     assert src["smollm2"]["source"] == "registry" and src["smollm2"]["dtype"] == resolve_dtype_name()
     assert src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final", "dtype": resolve_dtype_name()}
