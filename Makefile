@@ -25,13 +25,14 @@ run: install
 check: install
 	@for p in longctx_nb/profiles/*.yaml; do $(BIN)/longctx check --profile $$p || exit 1; done
 
-# The smol profile (SmolLM2, the GPU profile's code paths) at CPU sizes, stages 01-08 (about 10 minutes on 2 cores).
+# The smol profile (SmolLM2, the GPU profile's code paths) at CPU sizes, stages 01-08 (about 10 minutes on 2 cores
+# with native bf16, three times that without); `make test` skips it.
 smoke: install
-	$(BIN)/python -m pytest -q tests/test_smol_smoke.py
+	LONGCTX_SMOKE=1 $(BIN)/python -m pytest -q tests/test_smol_smoke.py
 
 test: install browser
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # The docs site (tools/docs.py): Quarto (nbdev's flow) where it is installed, else Sphinx + MyST-NB offline.
 # Stage pages are the notebooks as executed in a run (runs/gpu, runs/smol or runs/cpu: `make run` first).

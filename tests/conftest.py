@@ -16,11 +16,20 @@ def longctx(*args, check=True, **kw):
     return r
 
 
+# The cpu run as the tests run it: the cpu profile with SmolLM2's needle grid at 5 depths x 3 lengths inside its 8K
+# window. The profile's own grid (`make run`: 4 lengths, the last past 8K, for three RoPE variants) took stage 07 to
+# 1,647 s on a 2-core AVX2 machine, a third of make test's 90 minutes; tests/test_eval.py checks that profile's grid.
+# Code paths past the window (dynamic NTK's prefix reuse) are tested on SmolLM2 directly in tests/test_infer.py.
+SMOLLM2_VARIANTS = ("smollm2", "smollm2-yarn2", "smollm2-dynamic2")
+CPU_TEST = [f"07.models.{m}.lengths=[512, 1024, 2048]" for m in SMOLLM2_VARIANTS]
+CPU_ARGS = ["--profile", "cpu", *[a for o in CPU_TEST for a in ("-p", o)]]
+
+
 @pytest.fixture(scope="session")
 def cpu_run(tmp_path_factory):
-    "One run of the cpu profile (all stages), shared by the tests that read its outputs."
+    "One run of the cpu profile at test sizes (all stages), shared by the tests that read its outputs."
     run_dir = tmp_path_factory.mktemp("runs") / "cpu"
-    longctx("run", "--profile", "cpu", "--run-dir", str(run_dir))
+    longctx("run", *CPU_ARGS, "--run-dir", str(run_dir))
     return run_dir
 
 

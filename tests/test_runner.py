@@ -4,7 +4,7 @@ from pathlib import Path
 
 import nbformat, psutil, pytest
 
-from conftest import ROOT, LONGCTX, longctx, manifest
+from conftest import ROOT, LONGCTX, CPU_ARGS, longctx, manifest
 from longctx_nb.core import SLIMPAJAMA_MIX, SHORT
 from longctx_nb.runner import run, StageFailed, fingerprint, notebook_code_hash
 from longctx_nb.sources import read_stdlib
@@ -42,13 +42,13 @@ def test_manifest_records_parameters_versions_commit_and_time(cpu_run):
 
 def test_rerun_skips_and_force_redoes(cpu_run):
     t0 = time.time()
-    r = longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run))
+    r = longctx("run", *CPU_ARGS, "--run-dir", str(cpu_run))
     assert "skipped" in r.stderr + r.stdout and time.time() - t0 < 30
     assert manifest(cpu_run)["runs"][-1]["skipped"] == ["01_mixture", "02_upsample", "03_extend", "04_synth",
                                                      "05_packing", "06_distributed", "07_needle", "08_longbench_chat"]
     before = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
     time.sleep(1.1)
-    longctx("run", "--profile", "cpu", "--run-dir", str(cpu_run), "--stages", "02", "--force")
+    longctx("run", *CPU_ARGS, "--run-dir", str(cpu_run), "--stages", "02", "--force")
     after = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
     assert after["02_upsample"] != before["02_upsample"] and after["01_mixture"] == before["01_mixture"]
     # changing an earlier stage's parameter redoes it and the stage that depends on it

@@ -5,8 +5,10 @@ profile sets it: SmolLM2-135M-Instruct's own tokenizer and checkpoint, the RoPE 
 on all four data strategies, bf16 autocast and checkpointing, SmolLM2 writing stage 04's data, packing with the
 attention backend's CPU fallback, stage 06 training its own job under DeepSpeed ZeRO-3 with Ulysses SP, a tiled MLP
 and the loss in chunks, needles across every strategy, and the judged LongBench-Chat run. Stage 06 runs 3 processes
-with SP 3: SmolLM2's 9 attention heads (3 key/value) split by 3, not by 2. `make smoke` runs this file."""
-import json
+with SP 3: SmolLM2's 9 attention heads (3 key/value) split by 3, not by 2. `make smoke` runs this file
+(LONGCTX_SMOKE=1); `make test` skips it: on a 2-core AVX2 machine, where bf16 autocast is emulated, it outlasts the
+rest of the suite's budget."""
+import json, os
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ SMOKE = [
     "08.n_fixture=1", "08.max_length=512", "08.max_new_tokens=16",
     "08.models={sft-packing: {path: models/sft-packing/final, max_length: 512, batch_size: 1}}",
 ]
+pytestmark = pytest.mark.skipif(not os.environ.get("LONGCTX_SMOKE"),
+                                reason="the smol smoke runs with `make smoke` (LONGCTX_SMOKE=1)")
 STAGES = ["01_mixture", "02_upsample", "03_extend", "04_synth", "05_packing", "06_distributed", "07_needle",
           "08_longbench_chat"]
 
