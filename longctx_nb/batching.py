@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import read_json
+from .core import SEQ_INDEX, read_json
 
 # %% auto 0
 __all__ = ['SequenceDataset', 'Sequences', 'plan_batches', 'real_fraction', 'collate', 'PackedRows']
@@ -20,7 +20,7 @@ class SequenceDataset:
     "The fixed-length training sequences written by stage 02, memory-mapped; `rank`/`world` select shards."
     def __init__(self, path, rank: int = 0, world: int = 1):
         self.path = Path(path)
-        self.index = read_json(self.path / "index.json")
+        self.index = read_json(self.path / SEQ_INDEX)
         if self.index is None:
             raise FileNotFoundError(f"{self.path}: no index.json (sequences not written or incomplete)")
         self.shards = self.index["shards"][rank::world]

@@ -8,13 +8,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import RUN_MODELS, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
+from .core import RUN_MODELS, SEQ_INDEX, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
 from .models import REGISTRY, HF_ID
 from .parallel import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0
 __all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'CONTRACTS', 'model_names', 'model_problem',
-           'shape_from_config', 'model_shape', 'Finding', 'CheckReport', 'check_stages']
+           'shape_from_config', 'model_shape', 'Finding', 'stale_sequences', 'CheckReport', 'check_stages']
 
 # %% ../nbs/00i_check.ipynb
 def _strategies(p): return p.get("strategies") or []
@@ -93,9 +93,29 @@ class Finding:
     error: bool = True
     def __str__(self): return f"{'error' if self.error else 'warning'}: stage {self.stage}: {self.key}: {self.message}"
 
+def stale_sequences(sid: str, key: str, strategies: list, ctx: dict) -> list:
+    "Stage 02 sequences on disk that its last run did not write, or at another length than its `seq_len` now."
+    root, chosen = ctx.get("run_root"), ctx.get("chosen")
+    if not root or chosen is None or "02" in chosen: return []  # stage 02 runs first in this run: it writes them anew
+    run, seq_len = RunDir(root, create=False), ctx["params"].get("02", {}).get("seq_len")
+    last = read_json(run.manifest, {}).get("stages", {}).get("02_upsample", {})
+    made = (last.get("parameters") or {}).get("strategies") if last.get("status") == "completed" else None
+    out = []
+    for s in strategies:
+        ix, where = read_json(run.upsampled(s) / SEQ_INDEX), run.rel(run.upsampled(s))
+        if ix is None: continue  # not there: the check of reads against writes names it
+        if made is not None and s not in made:
+            out.append(Finding(sid, key, f"{where} is stale: the last stage 02 run wrote {made} only; "
+                                         f"run stage 02 with {s!r} in 02.strategies first"))
+        elif seq_len and ix.get("seq_len") != seq_len:
+            out.append(Finding(sid, key, f"{where} holds {ix.get('seq_len')}-token sequences but 02.seq_len is "
+                                         f"{seq_len}: run stage 02 first (--stages 02,{sid})"))
+    return out
+
 def _contract_03(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
     "Stage 03: phase lengths divide stage 02's sequence length; batches hold whole micro batches."
-    out, stored = [], ctx["params"].get("02", {}).get("seq_len")
+    out = stale_sequences(sid, "strategies", p.get("strategies") or [], ctx)
+    stored = ctx["params"].get("02", {}).get("seq_len")
     for k, ph in enumerate(p.get("phases") or []):
         L = ph.get("seq_len")
         if stored and L and (L > stored or stored % L):
@@ -153,7 +173,8 @@ def _contract_06(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
     p02 = ctx["params"].get("02", {})
     have = p02.get("token_budget")
     if p.get("data_n") and p02.get("seq_len"): have = min(have or 1 << 62, p["data_n"] * p02["seq_len"])
-    mem, out, est = (p.get("plan_gpu") or {}).get("memory_gib"), [], []
+    mem, est = (p.get("plan_gpu") or {}).get("memory_gib"), []
+    out = stale_sequences(sid, "strategy", [p.get("strategy")], ctx)
     alloc = ctx.get("alloc")  # (nodes, GPUs per node) of a Slurm allocation, when checking one
     if alloc and (p.get("nnodes"), p.get("nproc")) != tuple(alloc):
         out.append(Finding(sid, "nnodes, nproc", f"{p.get('nnodes')} nodes x {p.get('nproc')} GPUs, but the allocation "
@@ -231,7 +252,8 @@ def _stage_check(sid: str, stem: str, p: dict, declared: dict, ctx: dict, writte
 def check_stages(names: dict, declared: dict, resolved: dict, chosen=None, run_root=None, alloc=None) -> CheckReport:
     "Check the chosen stages' resolved parameters: rules, reads against earlier writes, model names, contracts."
     rep, written = CheckReport(), set()
-    ctx = {"params": {s: {**declared[s], **resolved.get(s, {})} for s in names}, "run_root": run_root, "alloc": alloc}
+    ctx = {"params": {s: {**declared[s], **resolved.get(s, {})} for s in names}, "run_root": run_root, "alloc": alloc,
+           "chosen": list(names) if chosen is None else list(chosen)}
     for sid, stem in names.items():
         p = ctx["params"][sid]
         if chosen is None or sid in chosen:
@@ -241,3 +263,7 @@ def check_stages(names: dict, declared: dict, resolved: dict, chosen=None, run_r
         try: written.update(STAGE_IO.get(stem, (None, lambda q: []))[1](p))
         except (TypeError, ValueError, KeyError, AttributeError): pass  # reported when that stage is checked
     return rep
+
+# %% ../nbs/00i_check.ipynb
+if __name__ == "__main__" and "__file__" in globals():  # the library of `longctx check`, not a command of its own
+    raise SystemExit("python -m longctx_nb.check is not a command: run `longctx check --help`")

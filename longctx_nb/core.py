@@ -12,12 +12,13 @@ import yaml
 from fastcore.basics import patch
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'DTYPES', 'SPEC_RULES', 'PARAM_RULES', 'RUN_MODELS',
-           'FINAL', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path',
-           'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl',
-           'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256', 'file_key', 'path_key',
-           'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'param_rule', 'check_parameter',
-           'check_parameters', 'RunDir', 'save_figure', 'plot_theme', 'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'DTYPES', 'SPEC_RULES', 'TRAIN_RULES', 'PARAM_RULES',
+           'RUN_MODELS', 'FINAL', 'SEQ_INDEX', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir',
+           'repo_root', 'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir',
+           'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform',
+           'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters',
+           'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
+           'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -74,6 +75,12 @@ def _umask() -> int:
     return m
 
 UMASK = _umask()
+
+def follow_umask(folder) -> Path:
+    "Give every file under `folder` the mode the user's umask asks for (libraries write some, e.g. weights, as 0600)."
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink(): os.chmod(f, 0o666 & ~UMASK)
+    return Path(folder)
 
 def write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."
@@ -292,6 +299,8 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
     common = dict(profile["common"])
     per = {s: dict(v) for s, v in profile["stages"].items()}
     for stage, key, val in map(parse_override, overrides):
+        if stage and stage not in declared:
+            raise KeyError(f"override {stage}.{key}: there is no stage {stage}; the stages are {sorted(declared)}")
         top, *path = key.split(".")
         if path and not stage:
             raise ValueError(f"override {key}: a key inside a parameter needs its stage (`07.{key}=...`)")
@@ -318,7 +327,42 @@ _SCORERS = ["contains", "exact", "word_recall", "answer_recall", "rouge1_f", "ju
 DTYPES = ("auto", "float32", "bfloat16", "int8")  # a local model's precision (`infer.resolve_dtype` reads them)
 SPEC_RULES = {  # the keys of a model spec ({path, ...}) that a rule checks: a generator, a judge, a model to evaluate
     "dtype": {"choices": list(DTYPES)}, "batch_size": {"type": int, "min": 1},
-    "max_new_tokens": {"type": int, "min": 1}, "max_length": {"type": int, "min": 16}, "reuse_prefix": {"type": bool}}
+    "max_new_tokens": {"type": int, "min": 1}, "max_length": {"type": int, "min": 16}, "reuse_prefix": {"type": bool},
+    "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)}}  # stage 07's grid per model: rules below
+TRAIN_RULES = {  # the keys of a training config (`train.TrainConfig`; a test in 00e keeps the two equal)
+    "lr": {"type": float, "above": 0}, "schedule": {"type": str}, "warmup_steps": {"type": int, "min": 0},
+    "batch_tokens": {"type": int, "min": 1}, "micro_batch": {"type": int, "min": 1},
+    "max_tokens": {"type": int, "min": 1}, "weight_decay": {"type": float, "min": 0},
+    "grad_clip": {"type": float, "min": 0},
+    "save_steps": {"type": int, "min": 1}, "log_steps": {"type": int, "min": 1}, "bf16": {"type": bool},
+    "grad_checkpointing": {"type": bool}, "seed": {"type": int, "min": 0}, "deepspeed": {"type": (str, None)},
+    "steps": {"type": (int, None), "min": 1}, "sp_size": {"type": int, "min": 1},
+    "sampling": {"type": str, "choices": ["random", "sequential"]}, "optim": {"type": str},
+    "loss_chunk": {"type": int, "min": 0}, "tiled_mlp": {"type": int, "min": 0}, "activation_offload": {"type": bool},
+    "attention": {"type": (str, None)}}
+
+def _phase_tokens(ph: dict) -> str | None:
+    "Why a stage-03 phase trains on nothing: fewer tokens than one sequence."
+    if ph["max_tokens"] < ph["seq_len"]:
+        return f"max_tokens={ph['max_tokens']} is less than one sequence ({ph['seq_len']})"
+
+def _heads_divide(m: dict) -> str | None:
+    "Why a tiny model's shape cannot be built: heads must divide the hidden size, key/value heads the heads."
+    if m["hidden"] % m["heads"]: return f"heads={m['heads']} must divide hidden={m['hidden']}"
+    if m["heads"] % (m.get("kv_heads") or m["heads"]): return f"kv_heads={m['kv_heads']} must divide heads={m['heads']}"
+
+_MIN_CONTEXT = 128  # the needle prompt's own tokens (about 60 with a chat template) must leave room for a haystack
+_GRID = {  # stage 07's grid, as the stage or one model spec gives it: a list, or {min, max, n} / {n, spacing, min, max}
+    "lengths": {"type": (list, dict), "each": int, "min": _MIN_CONTEXT, "required": ["min", "max", "n"],
+                "fields": {"min": {"type": int, "min": _MIN_CONTEXT}, "max": {"type": int, "min": _MIN_CONTEXT},
+                           "n": {"type": int, "min": 1}}},
+    "depths": {"type": (list, dict), "each": float, "min": 0, "max": 100,
+               "fields": {"n": {"type": int, "min": 1}, "spacing": {"type": str, "choices": ["linear", "sigmoid"]},
+                          "min": {"type": float, "min": 0, "max": 100}, "max": {"type": float, "min": 0, "max": 100}}}}
+SPEC_RULES.update(_GRID)
+_MODEL_SIZE = {"type": dict, "required": ["hidden", "layers", "heads"], "check": _heads_divide,
+               "fields": {"hidden": {"type": int, "min": 8}, "layers": {"type": int, "min": 1},
+                          "heads": {"type": int, "min": 1}, "kv_heads": {"type": (int, None), "min": 1}}}
 PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
     "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
     "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
@@ -329,19 +373,25 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "target_long_share": {"min": 0, "max": 1}, "seq_len": {"min": 2}, "shard_seqs": {"min": 1}},
     "03": {"method": {"choices": ["abf", "linear", "dynamic", "yarn", "llama3"]}, "base_seq_len": {"min": 2},
            "base_rope_theta": {"min": 1}, "strategies": {"choices": _STRATEGIES}, "eval_len": {"min": 2},
-           "eval_docs": {"min": 1}, "eval_batch": {"min": 1}},
+           "eval_docs": {"min": 1}, "eval_batch": {"min": 1}, "model_size": _MODEL_SIZE,
+           "base_train": {"type": dict, "fields": TRAIN_RULES}, "extend_train": {"type": dict, "fields": TRAIN_RULES},
+           "phases": {"type": list, "items": {  # one continual-pretraining phase (rope_theta: where `method` uses it)
+               "type": dict, "required": ["seq_len", "max_tokens"], "check": _phase_tokens,
+               "fields": {"seq_len": {"type": int, "min": 2}, "rope_theta": {"type": (float, None), "min": 1},
+                          "max_tokens": {"type": int, "min": 1}}}}},
     "05": {"loss_on": {"choices": ["assistant", "all"]}, "max_len": {"min": 2}, "n_long": {"min": 0},
            "n_short": {"min": 0}, "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1},
            "packs_per_batch": {"min": 1}, "epochs": {"min": 1},
            "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
     "04": {"generator": {"type": (str, dict), "spec": "one"}, "retries": {"min": 0},
            "max_reasks": {"type": (int, None), "min": 0}},
-    "06": {"nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
+    "06": {"model_size": _MODEL_SIZE,
+           "nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
            "model": {"type": (str, None)}, "parity": {"type": (dict, None)}, "data_n": {"type": (int, None), "min": 1},
            "attention": {"choices": ["auto", "sdpa", "flex_attention",  # train.ATTENTION
                                      "flash_attention_2", "flash_attention_4"]}},
-    "07": {"tokenizer": {"type": (str, None)}, "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)},
+    "07": {"tokenizer": {"type": (str, None)}, **_GRID,
            "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},
            "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
@@ -356,7 +406,7 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 # %% ../nbs/00_core.ipynb
 def param_rule(stage: str, key: str, default) -> dict:
-    "The rule a parameter's value must meet: `type`, and optionally `min`, `max`, `choices`, `each` (list items)."
+    "The rule a value must meet: `type`; optionally `min`, `max`, `above`, `choices`, `each`, `items`, `fields`."
     rule = {**PARAM_RULES["*"].get(key, {}), **PARAM_RULES.get(stage, {}).get(key, {})}
     if "type" not in rule and default is not None: rule["type"] = float if type(default) is float else type(default)
     return rule
@@ -378,18 +428,43 @@ def _check_specs(stage: str, key: str, value, how: str) -> str | None:
                     return e
     return None
 
+def _yaml_hint(value, types) -> str:
+    "A hint for a number YAML read as a string (`1e6`: YAML 1.1 wants `1.0e6`)."
+    if not (isinstance(value, str) and float in types): return ""
+    try: float(value)
+    except ValueError: return ""
+    return f" (YAML reads {value} as a string: write it with a dot and a signed exponent, e.g. 1.0e+6)"
+
+def _check_fields(stage: str, key: str, value: dict, rule: dict) -> str | None:
+    "Why a mapping breaks its rule's `fields` (the keys it may hold, each with a rule) or `required` keys."
+    bad = f"stage {stage}: {stage}.{key}"
+    if unknown := sorted(set(value) - set(rule["fields"])):
+        return f"{bad}: unknown key(s) {unknown}; expected some of {sorted(rule['fields'])}"
+    if missing := [k for k in rule.get("required", []) if k not in value]:
+        return f"{bad}: missing key(s) {missing}"
+    for k, sub in rule["fields"].items():
+        if k in value and (e := check_parameter(stage, f"{key}.{k}", value[k], rule=sub)): return e
+    return None
+
 def check_parameter(stage: str, key: str, value, default=None, rule: dict | None = None) -> str | None:
     "Why `value` is not acceptable for `stage`'s parameter `key` (None when it is); `rule` overrides the table's."
     rule = rule or param_rule(stage, key, default)
     types = rule.get("type")
     types = types if isinstance(types, tuple) else (types,) if types is not None else ()
-    bad = f"stage {stage}: {key}={value!r}"
+    bad = f"stage {stage}: {stage}.{key}={value!r}"
     if "spec" in rule and isinstance(value, dict) and (e := _check_specs(stage, key, value, rule["spec"])):
         return e
     if types and not any(_is(value, t) for t in types):
         return f"{bad} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; expected " + \
-               " or ".join(_TYPE_NAMES.get(t if t is not None else type(None), str(t)) for t in types)
+               " or ".join(_TYPE_NAMES.get(t if t is not None else type(None), str(t)) for t in types) + \
+               _yaml_hint(value, types)
     if value is None: return None
+    if isinstance(value, dict) and "fields" in rule and (e := _check_fields(stage, key, value, rule)): return e
+    if isinstance(value, list) and "items" in rule:
+        for i, x in enumerate(value):
+            if e := check_parameter(stage, f"{key}[{i}]", x, rule=rule["items"]): return e
+    if "check" in rule and (why := rule["check"](value)): return f"stage {stage}: {stage}.{key}: {why}"
+    if isinstance(value, dict): return None  # a mapping's own values were checked by `fields` (or have no rule)
     items = value if isinstance(value, list) else [value]
     if "each" in rule and not all(_is(x, rule["each"]) for x in items):
         return f"{bad}: every item must be {_TYPE_NAMES[rule['each']]}"
@@ -399,6 +474,7 @@ def check_parameter(stage: str, key: str, value, default=None, rule: dict | None
     nums = [x for x in items if type(x) in (int, float)]
     if "min" in rule and any(x < rule["min"] for x in nums): return f"{bad}: must be at least {rule['min']}"
     if "max" in rule and any(x > rule["max"] for x in nums): return f"{bad}: must be at most {rule['max']}"
+    if "above" in rule and any(x <= rule["above"] for x in nums): return f"{bad}: must be above {rule['above']}"
     return None
 
 def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> None:
@@ -473,6 +549,7 @@ class RunDir:
         "Supervised fine-tuning data under `sft/`: stage 04's `SFT_LONG` and `SFT_MIX`, stage 05's `samples.json`."
         return self.root / "sft" / name
 
+SEQ_INDEX = "index.json"  # a sequence folder's index: stage 02 writes it; batching.SequenceDataset and check read it
 SFT_LONG = "sft/long.jsonl"  # stage 04's long records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
 SFT_MIX = "sft/mix.jsonl"    # stage 04's mix of long and short records, which stage 05 trains on: run.path(SFT_MIX)
 

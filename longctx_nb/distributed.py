@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_distributed.ipynb 2
 from __future__ import annotations
-import json, logging, os, shlex, subprocess, sys, time
+import argparse, json, logging, os, shlex, subprocess, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from .parallel import (ds_config, accelerate_config, SHAPES, Layout, plan_memory
                                  saved_activation_bytes, max_seq_len)
 
 # %% auto 0
-__all__ = ['SBATCH', 'launch_commands', 'sbatch_script', 'job_data', 'job_model', 'run_job', 'job_main', 'job_model_path',
-           'job_spec', 'write_launch', 'parity_jobs', 'launch', 'measure_step']
+__all__ = ['SBATCH', 'launch_commands', 'sbatch_script', 'job_data', 'job_model', 'run_job', 'job_parser', 'read_job', 'job_main',
+           'job_model_path', 'job_spec', 'write_launch', 'parity_jobs', 'launch', 'measure_step']
 
 # %% ../nbs/06_distributed.ipynb
 def launch_commands(job: str, nproc: int, nnodes: int = 1, ds_file: str = "ds_config.json",
@@ -103,18 +103,36 @@ def run_job(spec: dict, first: int = 0) -> list[dict]:
         init = str(out / f"phase-{k}" / "final")
     return logs
 
+def job_parser() -> argparse.ArgumentParser:
+    "The job entry point's arguments: the job file stage 06 writes and, optionally, one phase of it."
+    ap = argparse.ArgumentParser(prog="python -m longctx_nb.distributed",
+                                 description="Run a stage-06 training job under any launcher (torchrun, deepspeed, "
+                                             "accelerate launch, srun): every rank runs this command.")
+    ap.add_argument("job", type=Path, help="the job file stage 06 writes (06_distributed/launch/job.json)")
+    ap.add_argument("phase", type=int, nargs="?", help="run only this phase (progressive runs launch each anew)")
+    return ap
+
+def read_job(ap: argparse.ArgumentParser, path: Path) -> dict:
+    "The job spec at `path`; a missing or unreadable file ends the command with one line (`ap.error`)."
+    try: spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e: ap.error(f"{path}: not a readable job file ({type(e).__name__}: {e})")
+    if not isinstance(spec, dict) or "phases" not in spec: ap.error(f"{path}: not a job file (no phases)")
+    return spec
+
 def job_main(argv=None):
     "`python -m longctx_nb.distributed JOB.json [PHASE]`: run a job (or one phase of it) under any launcher."
     logging.getLogger("transformers").setLevel(logging.ERROR)
     argv = sys.argv[1:] if argv is None else argv
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
-    spec = json.loads(Path(argv[0]).read_text())
-    if len(argv) > 1:  # one phase (progressive runs launch each phase anew: the SP group may change)
-        k = int(argv[1])
+    ap = job_parser()
+    a = ap.parse_args([x for x in argv if not x.startswith("--local_rank")])  # the deepspeed launcher adds it
+    spec = read_job(ap, a.job)
+    if a.phase is not None:  # one phase (progressive runs launch each phase anew: the SP group may change)
+        k = a.phase
+        if not 0 <= k < len(spec["phases"]): ap.error(f"phase {k}: the job has phases 0-{len(spec['phases']) - 1}")
         prev = Path(spec["out"]) / f"phase-{k - 1}" / "final"
         spec = {**spec, "phases": [spec["phases"][k]], "init": str(prev) if k else spec.get("init")}
     elif len({p.get("sp_size", spec["train"].get("sp_size", 1)) for p in spec.get("phases") or [{}]}) > 1:
-        raise SystemExit(f"{argv[0]}: the phases use different sp sizes; "
+        raise SystemExit(f"{a.job}: the phases use different sp sizes; "
                          "launch each phase on its own (append its index)")
     else: k = 0
     run_job(spec, first=k)

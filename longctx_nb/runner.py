@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_runner.ipynb 2
 from __future__ import annotations
-import argparse, ast, contextlib, glob, hashlib, json, os, re, shutil, socket, sys, time, traceback
+import argparse, ast, contextlib, glob, hashlib, json, os, re, shutil, signal, socket, sys, threading, time, traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,10 +18,11 @@ from .corpus import corpus_key
 from .models import model_main
 
 # %% auto 0
-__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'nbs_dir', 'stage_notebooks', 'stage_parameters', 'select_stages',
-           'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked', 'run_lock', 'UpstreamIncomplete',
-           'check_upstream', 'resolve_stages', 'check', 'kernel_config', 'write_provenance', 'publish_figures',
-           'StageFailed', 'run', 'main']
+__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'nbs_dir', 'stage_notebooks',
+           'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked',
+           'run_lock', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check', 'kernel_config',
+           'stage_kernel', 'kill_kernel', 'sweep_leftovers', 'write_provenance', 'publish_figures', 'StageFailed',
+           'noting_sigint', 'skipped_records', 'run', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
@@ -178,10 +179,53 @@ def check(profile="cpu", stages=None, run_dir=None, params=(), nbs=None, alloc=N
 # %% ../nbs/00d_runner.ipynb
 PROVENANCE = "provenance.json"
 
-def kernel_config():
-    "Kernels talk to papermill over local IPC sockets: no TCP ports, no \"Kernel is running over TCP\" warning."
+KERNEL_FILES = (".kernel.json", ".kernel-ipc-*", "kernel-ipc-*")  # a stage kernel's connection file and sockets
+
+def kernel_config(stage_dir):
+    "Kernels talk to papermill over IPC sockets in the stage folder (no TCP ports), connection file there too."
     from traitlets.config import Config  # papermill's dependency: imported when stages run
-    return Config({"KernelManager": {"transport": "ipc"}})
+    # left to itself jupyter_client writes the connection file to /tmp/tmpXXXX.json, which a killed run leaves behind
+    return Config({"KernelManager": {"transport": "ipc", "connection_file": str(Path(stage_dir) / KERNEL_FILES[0])}})
+
+KERNEL_LOG = "kernel.log"  # the stage kernel's own stderr (ipykernel's messages), kept off the terminal
+
+@contextlib.contextmanager
+def stage_kernel(nb, stage_dir, kernel_name: str | None = None):
+    "A kernel for one stage notebook, started here (stderr to the stage's kernel.log) and shut down after it."
+    from jupyter_client import KernelManager  # papermill's dependency: imported when stages run
+    name = kernel_name or nbformat.read(str(nb), as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
+    km = KernelManager(kernel_name=name, config=kernel_config(stage_dir))
+    log_path = Path(stage_dir) / KERNEL_LOG
+    with open(log_path, "a", encoding="utf-8") as log:
+        km.start_kernel(stderr=log, cwd=str(stage_dir))
+        try: yield km
+        except KeyboardInterrupt:
+            kill_kernel(km)
+            raise
+        except BaseException:
+            km.shutdown_kernel(now=True)  # a cell failed: nothing left in the kernel is worth waiting for
+            raise
+        else: km.shutdown_kernel()
+    if log_path.stat().st_size == 0: log_path.unlink()  # kept only when the kernel had something to say
+
+def kill_kernel(km) -> None:
+    "End an interrupted stage's kernel at once: its process group, then its socket and connection files."
+    # not km.shutdown_kernel: that runs on the event loop where the interrupted cell's reply poll still blocks
+    with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
+        os.killpg(km.provisioner.pgid or km.provisioner.process.pid, signal.SIGKILL)
+    km.cleanup_connection_file()
+    km.cleanup_ipc_files()
+
+def sweep_leftovers(root) -> list[Path]:
+    "Remove what killed runs left in a run folder: `replacing_dir`'s `.*.new` folders and stage kernels' files."
+    # the caller holds the run lock: no other run can be building these now; `.partial` folders resume, so they stay
+    root = Path(root)
+    gone = [p for p in root.rglob(".*.new") if p.is_dir()]
+    gone += [p for pat in KERNEL_FILES for p in root.glob(f"*/{pat}")]
+    for p in gone:
+        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+    return gone
 
 def write_provenance(fig_dir, **prov) -> Path | None:
     "Write `provenance.json` beside a stage's figures: where they come from and each PNG's sha256."
@@ -209,6 +253,39 @@ def publish_figures(run_dir, stage: str, dest=None) -> list[Path]:
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the stage, cell and error."
 
+_SIGINT = threading.Event()  # set by Ctrl-C while stages run: a cell that then fails was interrupted, not broken
+
+@contextlib.contextmanager
+def noting_sigint():
+    "While stages run, note Ctrl-C (then raise KeyboardInterrupt as Python does); in the main thread only."
+    def note(signum, frame):
+        _SIGINT.set()
+        raise KeyboardInterrupt
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, note) if main else None
+    _SIGINT.clear()
+    try: yield
+    finally:
+        if main: signal.signal(signal.SIGINT, before)
+
+def skipped_records(metrics) -> dict[str, int]:
+    "Bad records a stage skipped, by kind, summed over every `errors` entry of its metrics (at any depth)."
+    out = {}
+    def walk(m):
+        for k, v in m.items() if isinstance(m, dict) else []:
+            if k == "errors" and isinstance(v, dict):
+                kinds = v.get("by_kind", v)  # an ErrorLog's dict, or {kind: count}
+                for kind, n in kinds.items():
+                    if isinstance(n, int) and n: out[kind] = out.get(kind, 0) + n
+            else: walk(v)
+    walk(metrics)
+    return out
+
+def _interrupted(rd, man: dict, entry: dict, t0: float) -> None:
+    "Mark the running stage `interrupted` in the manifest (the next run redoes it; finished stages stay)."
+    entry.update(status="interrupted", wall_s=round(time.time() - t0, 1), finished=_now())
+    write_json(rd.manifest, man)
+
 def _cell_error(e) -> str:
     "A papermill error as `cell N: Error: message` and the end of its traceback, colour codes removed."
     ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
@@ -232,6 +309,8 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
             "git_commit": git_commit(), "versions": package_versions()}
     man["runs"].append(this)
     write_json(rd.manifest, man)
+    if gone := sweep_leftovers(rd.root):
+        tqdm.write(f"removed {len(gone)} leftover(s) of killed runs: " + ", ".join(rd.rel(p) for p in gone[:5]))
     bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage")
     for sid, nb in bar:
         name = nb.stem
@@ -254,10 +333,16 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
         write_json(rd.manifest, man)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), kernel_name=kernel,
-                                progress_bar=_cell_bar(name, progress), log_output=log_output, report_mode=False,
-                                config=kernel_config())
+            with stage_kernel(nb, out.parent, kernel) as km:  # papermill runs the cells on it
+                pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), km=km,
+                                    progress_bar=_cell_bar(name, progress), log_output=log_output, report_mode=False)
+        except KeyboardInterrupt:
+            _interrupted(rd, man, entry, t0)
+            raise
         except Exception as e:
+            if _SIGINT.is_set():  # Ctrl-C reached the kernel first: its cell ended with KeyboardInterrupt
+                _interrupted(rd, man, entry, t0)
+                raise KeyboardInterrupt(name) from None
             entry.update(status="failed", wall_s=round(time.time() - t0, 1), error=_cell_error(e)[:4000])
             write_json(rd.manifest, man)
             raise StageFailed(f"stage {name} failed ({out}) in {entry['error']}") from None
@@ -268,6 +353,10 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
         write_provenance(out.parent / "figures", profile=Path(prof["source"]).stem, run=rd.root.name,
                          commit=this["git_commit"], date=entry["finished"])
         tqdm.write(f"{name}: completed in {entry['wall_s']:.0f}s")
+        if skipped := skipped_records(rd.metrics(name)):  # on_error=skip: what was lost shows here, not only on disk
+            tqdm.write(f"{name}: skipped {sum(skipped.values())} bad record(s) (on_error=skip): "
+                       + ", ".join(f"{k} {n}" for k, n in sorted(skipped.items()))
+                       + f"; examples in {rd.rel(rd.metrics_path(name))}")
     this["finished"] = _now()
     write_json(rd.manifest, man)
     if publish:
@@ -284,7 +373,7 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
     for w in report.findings: tqdm.write(str(w))
     resolved = {s: everything[s] for s in chosen}
     rd = RunDir(run_dir)
-    with run_lock(rd.root):  # one run per folder
+    with run_lock(rd.root), noting_sigint():  # one run per folder
         return _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publish, kernel, progress,
                            log_output)
 
@@ -341,6 +430,10 @@ def main(argv=None):
         print(f"longctx run: {_error_line(e)}", file=sys.stderr)
         _log_traceback(run_dir)
         return 1
+    except KeyboardInterrupt:
+        print(f"longctx run: interrupted; {Path(run_dir) / 'manifest.json'} marks the stage interrupted, "
+              "and the same command resumes (finished stages are skipped)", file=sys.stderr)
+        return 130
     print(f"run folder: {Path(run_dir).resolve()}")
     figs = sorted(Path(run_dir).glob("*/figures/*.png"))
     if figs:  # where to look: the PNGs themselves, and the docs site that shows them beside each stage's notebook
@@ -351,6 +444,9 @@ def main(argv=None):
 # %% ../nbs/00d_runner.ipynb
 def _check_main(a, run_dir) -> int:
     "`longctx check`: the table, then the findings; 1 when any is an error."
+    if (a.nodes is None) != (a.gpus_per_node is None):
+        print("longctx check: --nodes and --gpus-per-node describe one allocation: give both", file=sys.stderr)
+        return 2
     alloc = (a.nodes, a.gpus_per_node) if a.nodes and a.gpus_per_node else None
     try: report = check(a.profile, a.stages, run_dir, a.param, alloc=alloc)
     except (KeyError, ValueError, OSError) as e:

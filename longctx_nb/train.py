@@ -17,7 +17,7 @@ from accelerate.state import PartialState
 from accelerate.utils import ParallelismConfig, DeepSpeedSequenceParallelConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .core import write_json, read_json, save_figure, swap_dir, plot_theme
+from .core import write_json, read_json, save_figure, swap_dir, plot_theme, follow_umask
 
 # %% auto 0
 __all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_implementation', 'tiny_llama', 'load_model',
@@ -389,6 +389,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     t0 = time.time()
     with bound: trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))  # Ulysses registers inside train()
     trainer.save_model(str(out_dir / "final"))
+    if _is_main(): follow_umask(out_dir / "final")  # transformers writes model.safetensors as 0600
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
            "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .core import (DOMAINS, SHORT, RunDir, domain_name, stable_hash, write_json, read_json, save_figure,
+from .core import (DOMAINS, SEQ_INDEX, SHORT, RunDir, domain_name, stable_hash, write_json, read_json, save_figure,
                              plot_theme,
                              file_sha256, atomic_path, replacing_dir, swap_dir, path_key, stable_key)
 from .corpus import iter_docs, corpus_files, ErrorLog, corpus_key
@@ -248,7 +248,7 @@ def _write_sequences(store, plan, tmp: Path, seq_len, shard_seqs, seed, eos_id, 
     index = {"seq_len": seq_len, "dtype": dt.name, "eos_id": int(eos), "n_seqs": rows_done,
              "tokens": rows_done * seq_len, "dropped_tail_tokens": int(len(tail)), "plan_docs": len(plan),
              "shards": shards}
-    write_json(tmp / "index.json", index)
+    write_json(tmp / SEQ_INDEX, index)
     return index
 
 # %% ../nbs/02_upsample.ipynb

@@ -1,6 +1,6 @@
 """`longctx check` on the shipped profiles and on broken overrides, stage 06's launch-only job (no training), and
 the Slurm script for the whole suite: all fast, nothing trains."""
-import json, subprocess
+import json, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +88,53 @@ def test_suite_slurm_script_is_checked_against_the_allocation(tmp_path):
     bad = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"), "--nodes", "2", "--gpus-per-node",
                   str(prof["nproc"]), check=False)
     assert bad.returncode == 1 and "stage 06_distributed: nnodes, nproc" in bad.stderr
+
+
+def test_values_inside_lists_and_mappings_are_checked_naming_the_full_key(tmp_path):
+    bad = {"03.phases=[{seq_len: 8192, rope_theta: abc, max_tokens: 10}]": "03.phases[0].rope_theta='abc' is a string",
+           "03.phases=[{seq_len: 8192, rope_theta: 5.0e+5, max_tokens: 10}]": "03.phases[0]: max_tokens=10 is less",
+           "03.model_size={hidden: 130, layers: 0, heads: 4}": "03.model_size.layers=0: must be at least 1",
+           "03.extend_train={lr: -1, max_tokens: 0}": "03.extend_train.lr=-1: must be above 0",
+           "07.lengths=[0, 256]": "07.lengths=[0, 256]: must be at least 128",
+           "07.depths=[150, -3]": "07.depths=[150, -3]: must be at least 0",
+           "03.base_rope_theta=1e6": "write it with a dot and a signed exponent"}
+    for override, says in bad.items():
+        r = longctx("check", "--profile", "gpu", "-p", override, check=False)
+        assert r.returncode == 1 and says in r.stdout + r.stderr, (override, r.stdout[-800:], r.stderr[-800:])
+    r = longctx("check", "--profile", "gpu", "-p", "99.seed=1", check=False)
+    assert r.returncode == 1 and "there is no stage 99" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_entry_points_answer_help_and_refuse_bad_arguments_in_one_line(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, cwd=ROOT)
+    r = run("longctx_nb.distributed", "--help")
+    assert r.returncode == 0 and "usage: python -m longctx_nb.distributed [-h] job [phase]" in r.stdout
+    for args in ((), (str(tmp_path / "missing.json"),)):
+        r = run("longctx_nb.distributed", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.splitlines()[-1].startswith("python -m")
+    (tmp_path / "job.json").write_text(json.dumps({"phases": [{"seq_len": 8}]}))
+    r = run("longctx_nb.distributed", str(tmp_path / "job.json"), "3")
+    assert r.returncode == 2 and "phase 3: the job has phases 0-0" in r.stderr
+    r = run("longctx_nb.check", "--help")
+    assert r.returncode == 1 and r.stderr.strip() == "python -m longctx_nb.check is not a command: run `longctx check --help`"
+
+
+def test_stale_sequences_are_refused_before_stage_03_trains_on_them(tmp_path):
+    rd = tmp_path / "r"  # stage 02 ran at 2048 with every strategy, then again with original alone at 1024
+    for s, L in (("original", 1024), ("per_source", 2048)):
+        (rd / "upsampled" / s).mkdir(parents=True)
+        (rd / "upsampled" / s / "index.json").write_text(json.dumps({"seq_len": L, "shards": []}))
+    last = {"status": "completed", "parameters": {"strategies": ["original"], "seq_len": 1024}}
+    (rd / "manifest.json").write_text(json.dumps({"runs": [], "stages": {"02_upsample": last}}))
+    check = lambda *p: longctx("check", "--run-dir", str(rd), "--stages", "03", *[a for x in p for a in ("-p", x)],
+                               check=False)
+    r = check("03.strategies=[per_source]", "02.seq_len=1024", "02.strategies=[original]")
+    assert r.returncode == 1 and "upsampled/per_source is stale: the last stage 02 run wrote ['original'] only" in r.stderr
+    r = check("03.strategies=[original]")  # the profile's 02.seq_len (2048) is not what stage 02 wrote last
+    assert r.returncode == 1 and "upsampled/original holds 1024-token sequences but 02.seq_len is 2048" in r.stderr
+    r = longctx("run", "--run-dir", str(rd), "--stages", "03", "-p", "03.strategies=[per_source]", check=False)
+    assert r.returncode == 1 and "is stale" in r.stderr and not (rd / "03_extend").exists()
+    ok = check("03.strategies=[original]", "02.seq_len=1024")
+    assert "stale" not in ok.stderr and "token sequences but" not in ok.stderr, ok.stderr
+    r = longctx("check", "--run-dir", str(rd), "--stages", "02,03", "-p", "03.strategies=[per_source]", check=False)
+    assert "stale" not in r.stderr  # stage 02 runs first in that run and writes them anew

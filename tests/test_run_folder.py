@@ -1,5 +1,5 @@
 """A run folder that never lies: keyed intermediates, replace-never-delete, torn logs, locks, typed parameters."""
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -158,13 +158,15 @@ def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
 
 
 @pytest.mark.parametrize("override, says", [
-    ("02.seq_len=abc", "stage 02_upsample: seq_len: seq_len='abc' is a string; expected an integer"),
-    ("02.seq_len=-5", "stage 02_upsample: seq_len: seq_len=-5: must be at least 2"),
-    ("seed=1.5", "stage 02_upsample: seed: seed=1.5 is a number; expected an integer"),
+    ("02.seq_len=abc", "stage 02_upsample: seq_len: 02.seq_len='abc' is a string; expected an integer"),
+    ("02.seq_len=-5", "stage 02_upsample: seq_len: 02.seq_len=-5: must be at least 2"),
+    ("seed=1.5", "stage 02_upsample: seed: 02.seed=1.5 is a number; expected an integer"),
     ("01.seed=__import__('os').system('touch x')",
-     "stage 01_mixture: seed: seed=\"__import__('os').system('touch x')\" is a string"),
+     "stage 01_mixture: seed: 01.seed=\"__import__('os').system('touch x')\" is a string"),
     ("02.strategies=[original, gloabl]",
-     "stage 02_upsample: strategies: strategies=['original', 'gloabl']: unknown 'gloabl'; expected"),
+     "stage 02_upsample: strategies: 02.strategies=['original', 'gloabl']: unknown 'gloabl'; expected"),
+    ("99.seed=1", "override 99.seed: there is no stage 99; the stages are ['01', '02', '03'"),
+    ("02.seq_len=1e6", "02.seq_len='1e6' is a string; expected an integer"),
 ])
 def test_bad_parameter_fails_before_any_work(tmp_path, override, says):
     rd = tmp_path / "r"
@@ -277,3 +279,34 @@ def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
     assert rc == 0, r.stderr[-3000:]
     assert peak_kib < 2 << 20, f"peak RSS {peak_kib >> 10} MiB"
     assert json.loads((tmp_path / "r" / "tokens" / "train" / "meta.json").read_text())["n_docs"] == 1
+
+
+def test_ctrl_c_ends_the_run_in_one_line_marks_the_stage_and_the_next_run_resumes(tmp_path):
+    nbs, go, rd, prof = tmp_path / "nbs", tmp_path / "go", tmp_path / "run", tmp_path / "p.yaml"
+    nbs.mkdir()
+    prof.write_text("{}\n")
+    _stage_nb(nbs / "01_done.ipynb", "from pathlib import Path\nPath(run_dir, 'done').write_text('1')")
+    _stage_nb(nbs / "02_wait.ipynb", f"import time, pathlib\npathlib.Path(run_dir, 'started').write_text('1')\n"
+                                     f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)")
+    env = {**os.environ, "LONGCTX_NBS": str(nbs)}
+    cmd = ["run", "--profile", str(prof), "--run-dir", str(rd)]
+    p = subprocess.Popen([*LONGCTX, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    t0 = time.time()
+    while not (rd / "started").exists() and time.time() - t0 < 120: time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the runner and its kernel both get it
+    out, err = p.communicate(timeout=120)
+    said = [l for l in err.splitlines() if l.startswith("longctx run:")]
+    assert p.returncode == 130 and len(said) == 1 and "interrupted" in said[0], err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "IPKernelApp" not in err, err[-2000:]
+    st = manifest(rd)["stages"]
+    assert (st["01_done"]["status"], st["02_wait"]["status"]) == ("completed", "interrupted")
+    # what a killed build leaves: a half-built folder and a kernel's files; the next run removes them
+    (rd / ".corpus.x1y2.new" / "part").mkdir(parents=True)
+    for name in ("kernel-ipc-7", ".kernel-ipc-7", ".kernel.json"): (rd / "02_wait" / name).write_text("")
+    go.write_text("go")
+    r = longctx(*cmd, env=env)
+    assert "01_done: completed earlier with the same parameters, skipped" in r.stdout + r.stderr
+    assert "removed 4 leftover(s) of killed runs" in r.stdout + r.stderr
+    assert manifest(rd)["stages"]["02_wait"]["status"] == "completed"
+    assert not list(rd.rglob(".*.new")) and not [p for p in rd.glob("*/*") if "kernel" in p.name], list(rd.rglob("*"))

@@ -1,5 +1,5 @@
 """The runner end to end on the cpu profile: outputs, manifest, skip/force, failures, resume, bad input."""
-import json, subprocess, time
+import json, shutil, subprocess, time
 from pathlib import Path
 
 import nbformat, psutil, pytest
@@ -131,10 +131,32 @@ def test_bad_input_fails_naming_file_and_line(bad_corpus, tmp_path):
     assert r.returncode == 1 and f"{bad_corpus / 'b.jsonl'}:3: bad-json" in r.stderr
 
 
+def test_bad_validation_file_fails_stage_01_naming_file_line_and_key(bad_corpus, tmp_path):
+    r = longctx("run", "--run-dir", str(tmp_path / "r"), "--stages", "01", "-p", f"01.corpus={bad_corpus / 'a.jsonl'}",
+                "-p", f"01.validation={bad_corpus / 'b.jsonl'}", "-p", "01.vocab_size=400", check=False)
+    assert r.returncode == 1 and f"{bad_corpus / 'b.jsonl'}:3: bad-json" in r.stderr and "-p on_error=skip" in r.stderr
+    assert "01_mixture" in r.stderr and not (tmp_path / "r" / "data.json").exists()
+
+
 def test_bad_input_skipped_and_counted(bad_corpus, tmp_path):
     rd = tmp_path / "r"
-    longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400",
-            "-p", "01.on_error=skip")
+    r = longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400",
+                "-p", "01.on_error=skip")
     m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
     assert m["errors"]["by_kind"] == {"bad-json": 1}
+    assert "01_mixture: skipped 1 bad record(s) (on_error=skip): bad-json 1; examples in 01_mixture/metrics.json" in \
+        r.stdout + r.stderr  # on the terminal, not only in metrics.json
+    moved = tmp_path / "moved"  # a run folder moved elsewhere resumes without redoing its finished stages
+    shutil.move(rd, moved)
+    r = longctx("run", "--run-dir", str(moved), "--stages", "01", "-p", f"01.corpus={bad_corpus}",
+                "-p", "01.vocab_size=400", "-p", "01.on_error=skip")
+    assert "01_mixture: completed earlier with the same parameters, skipped" in r.stdout + r.stderr
     assert m["domains"]["github"]["docs"] == 30 and m["domains"]["book"]["docs"] == 3
+
+
+def test_thresholds_without_4096_finish_stage_01(bad_corpus, tmp_path):
+    rd = tmp_path / "r"
+    longctx("run", "--run-dir", str(rd), "--stages", "01", "-p", f"01.corpus={bad_corpus}", "-p", "01.vocab_size=400",
+            "-p", "01.on_error=skip", "-p", "01.thresholds=[8192, 65536]")
+    m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
+    assert {k for k in m if k.startswith("share_tokens_over_")} == {"share_tokens_over_8K", "share_tokens_over_64K"}
