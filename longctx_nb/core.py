@@ -351,6 +351,7 @@ def _heads_divide(m: dict) -> str | None:
     if m["hidden"] % m["heads"]: return f"heads={m['heads']} must divide hidden={m['hidden']}"
     if m["heads"] % (m.get("kv_heads") or m["heads"]): return f"kv_heads={m['kv_heads']} must divide heads={m['heads']}"
 
+_CHAT_NAMES = ["loopback"]  # a chat model (judge) named by a string: the stand-in server; others are {path}/{base_url}
 _MIN_CONTEXT = 128  # the needle prompt's own tokens (about 60 with a chat template) must leave room for a haystack
 _GRID = {  # stage 07's grid, as the stage or one model spec gives it: a list, or {min, max, n} / {n, spacing, min, max}
     "lengths": {"type": (list, dict), "each": int, "min": _MIN_CONTEXT, "required": ["min", "max", "n"],
@@ -395,10 +396,11 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},
            "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
-           "judge": {"type": (str, dict, None), "spec": "one"}, "models": {"spec": "each"}},
+           "judge": {"type": (str, dict, None), "spec": "one", "choices": _CHAT_NAMES}, "models": {"spec": "each"}},
     "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
            "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
-           "judge": {"type": (str, dict), "spec": "one"}, "judge_retries": {"min": 0}, "models": {"spec": "each"},
+           "judge": {"type": (str, dict), "spec": "one", "choices": _CHAT_NAMES}, "judge_retries": {"min": 0},
+           "models": {"spec": "each"},
            "judges": {"spec": "each"}},
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",

@@ -97,7 +97,8 @@ def test_values_inside_lists_and_mappings_are_checked_naming_the_full_key(tmp_pa
            "03.extend_train={lr: -1, max_tokens: 0}": "03.extend_train.lr=-1: must be above 0",
            "07.lengths=[0, 256]": "07.lengths=[0, 256]: must be at least 128",
            "07.depths=[150, -3]": "07.depths=[150, -3]: must be at least 0",
-           "03.base_rope_theta=1e6": "write it with a dot and a signed exponent"}
+           "03.base_rope_theta=1e6": "write it with a dot and a signed exponent",
+           "08.judge=nonsense": "08.judge='nonsense': unknown 'nonsense'; expected one of ['loopback']"}
     for override, says in bad.items():
         r = longctx("check", "--profile", "gpu", "-p", override, check=False)
         assert r.returncode == 1 and says in r.stdout + r.stderr, (override, r.stdout[-800:], r.stderr[-800:])
