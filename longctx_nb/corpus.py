@@ -59,7 +59,8 @@ def _bad(on_error, log, kind, where, msg):
     if on_error == "skip":
         if log is not None: log.add(kind, where, msg)
         return
-    raise CorpusError(f"{where}: {kind}: {msg} (-p on_error=skip, or STAGE.on_error=skip, counts and skips such records)")
+    raise CorpusError(f"{where}: {kind}: {msg} (-p on_error=skip, or STAGE.on_error=skip, counts and skips "
+                      "such records)")
 
 def record_to_doc(rec, where: str, on_error="raise", log: ErrorLog | None = None) -> Doc | None:
     "Validate one SlimPajama-schema record into a `Doc` (None when skipped)."
