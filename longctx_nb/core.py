@@ -15,10 +15,10 @@ from fastcore.basics import patch
 __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'DTYPES', 'SPEC_RULES', 'TRAIN_RULES', 'PARAM_RULES',
            'RUN_MODELS', 'FINAL', 'SEQ_INDEX', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir',
            'repo_root', 'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir',
-           'swap_dir', 'JsonlRecords', 'read_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform',
-           'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters',
-           'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
-           'package_versions', 'git_commit']
+           'swap_dir', 'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
+           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
+           'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure',
+           'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -174,6 +174,10 @@ def _repair_tail(f, path: Path) -> None:
     with open(torn, "ab") as t: t.write(tail + b"\n")
     f.truncate(pos)
     print(f"{path}: a torn last line ({len(tail)} bytes) was moved to {torn.name} before appending", file=sys.stderr)
+
+def repair_jsonl(path) -> Path:
+    "Repair a JSONL file's torn last line now, as an append would: a resumed step with nothing to add leaves it clean."
+    return append_jsonl(path, []) if Path(path).exists() else Path(path)
 
 def append_jsonl(path, records) -> Path:
     "Append `records` as JSON lines to `path`, first repairing a torn last line; flushed to disk before returning."

@@ -11,7 +11,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .chat import sentences
-from .core import SFT_LONG, RunDir, read_json, write_json, save_figure, stable_hash, append_jsonl, read_jsonl
+from .core import (SFT_LONG, RunDir, read_json, write_json, save_figure, stable_hash, append_jsonl, read_jsonl,
+                             repair_jsonl)
 from .corpus import Doc
 from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, REF_TAG, ANS_TAG
 from .evalsets import detect_lang, load_cases, load_few_shots, read_json_any
@@ -126,8 +127,8 @@ def fill_positional(template: str, case: dict, prediction: str, shots: list[dict
 
 # %% ../nbs/08_longbench_chat.ipynb
 def _done(path) -> dict:
-    "The records already in a predictions or judgments file, by case idx."
-    return {r["idx"]: r for r in read_jsonl(path, strict=True) if "idx" in r}
+    "The records already in a predictions or judgments file, by case idx (a torn last line moved aside first)."
+    return {r["idx"]: r for r in read_jsonl(repair_jsonl(path), strict=True) if "idx" in r}
 
 def predict(gen, cases: list[dict], out_path, max_length: int, batch_size: int = 4) -> list[dict]:
     "Predictions for `cases` (resuming from `out_path`)."

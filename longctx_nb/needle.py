@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .core import SHORT, RunDir, read_json, write_json, save_figure, stable_hash, cache_dir
-from .core import append_jsonl, read_jsonl, plot_theme
+from .core import append_jsonl, read_jsonl, repair_jsonl, plot_theme
 from .corpus import iter_docs
 from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, rouge1_f, REF_TAG, ANS_TAG
 from .evalsets import NEEDLE, QUESTION, MULTI_NEEDLES, MULTI_QUESTION, PASSKEY_FILLER, PASSKEY_QUESTION
@@ -231,7 +231,7 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
     h = stable_hash(haystack) if rope is None else stable_hash(haystack, json.dumps(rope, sort_keys=True))
     h = h if dtype == "float32" else stable_hash(str(h), dtype)
     hay_hash = f"{h & 0xffffffff:08x}+{gen.max_new_tokens}"  # what else changes an answer
-    done = {r["key"] for r in read_results(out_path)}
+    done = {r["key"] for r in read_results(repair_jsonl(out_path))}  # a torn tail goes even when nothing is left
     todo = [c for c in cells if cell_key(model, form, hay_hash, c) not in done]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     # the needle farthest into the haystack (in tokens) first: each prompt then shares the most with the previous

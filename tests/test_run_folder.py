@@ -108,6 +108,10 @@ def test_needle_grid_after_a_torn_line_has_every_cell(endpoint_gen, tmp_path):
     r = run_grid(endpoint_gen, cells, hay, "chat", out, "m", progress=False)
     rows = read_results(out)
     assert r["cells_run"] == 4 and len(rows) == 6 and len({x["key"] for x in rows}) == 6
+    out.write_bytes(out.read_bytes() + b'{"key": "tor')  # torn again, then a rerun (--force) with every cell done
+    r = run_grid(endpoint_gen, cells, hay, "chat", out, "m", progress=False)
+    assert r["cells_run"] == 0 and out.read_bytes().endswith(b"}\n") and len(read_jsonl(out, strict=True)) == 6
+    assert (tmp_path / "r.jsonl.torn").read_bytes().endswith(b'{"key": "tor\n')
     out.write_text(out.read_text().replace('"model": "m"', '"model: "m"', 1))  # a damaged line in the middle
     with pytest.raises(ValueError, match="r.jsonl: 1 unreadable line"): read_results(out)
 
@@ -123,6 +127,9 @@ def test_longbench_predictions_survive_a_torn_line(tmp_path, monkeypatch):
     out.write_bytes(out.read_bytes()[:-10])
     got = lb.predict(Gen(), cases, out, 100, batch_size=2)
     assert [g["idx"] for g in got] == list(range(5)) and len(read_jsonl(out, strict=True)) == 5
+    out.write_bytes(out.read_bytes() + b'{"idx": 9')  # torn again; nothing left to predict still cleans it
+    lb.predict(Gen(), cases, out, 100, batch_size=2)
+    assert out.read_bytes().endswith(b"}\n") and len(read_jsonl(out, strict=True)) == 5
 
 
 def test_retraining_with_other_settings_keeps_the_finished_model_until_done(tmp_path):
