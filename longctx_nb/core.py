@@ -393,7 +393,12 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
     "06": {"model_size": _MODEL_SIZE,
            "nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
            "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
-           "model": {"type": (str, None)}, "parity": {"type": (dict, None)}, "data_n": {"type": (int, None), "min": 1},
+           "model": {"type": (str, None)},
+           "parity": {"type": (dict, None), "fields": {**TRAIN_RULES, "n": {"type": int, "min": 1}}},
+           "train": {"type": dict, "fields": TRAIN_RULES},  # the job's TrainConfig; a phase may override its keys
+           "phases": {"type": list, "items": {"type": dict, "required": ["seq_len"],
+                                              "fields": {"seq_len": {"type": int, "min": 2}, **TRAIN_RULES}}},
+           "data_n": {"type": (int, None), "min": 1},
            "attention": {"choices": ["auto", "sdpa", "flex_attention",  # train.ATTENTION
                                      "flash_attention_2", "flash_attention_4"]}},
     "07": {"tokenizer": {"type": (str, None)}, **_GRID,
