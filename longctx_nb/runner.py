@@ -18,7 +18,7 @@ from .corpus import corpus_key
 from .models import model_main
 
 # %% auto 0
-__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'nbs_dir', 'stage_notebooks',
+__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'STOP_SIGNALS', 'nbs_dir', 'stage_notebooks',
            'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked',
            'run_lock', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check', 'kernel_config',
            'stage_kernel', 'kill_kernel', 'sweep_leftovers', 'write_provenance', 'publish_figures', 'StageFailed',
@@ -254,19 +254,23 @@ class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the stage, cell and error."
 
 _SIGINT = threading.Event()  # set by Ctrl-C while stages run: a cell that then fails was interrupted, not broken
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a scheduler's stop (Slurm: time limit, preemption)
+_CAUGHT = {}  # the signal that stopped the run: its exit status is 128 + its number, as a shell's
 
 @contextlib.contextmanager
 def noting_sigint():
-    "While stages run, note Ctrl-C (then raise KeyboardInterrupt as Python does); in the main thread only."
+    "While stages run, note Ctrl-C or SIGTERM and raise KeyboardInterrupt for either; in the main thread only."
     def note(signum, frame):
+        _CAUGHT["signal"] = signum
         _SIGINT.set()
         raise KeyboardInterrupt
     main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGINT, note) if main else None
+    before = {s: signal.signal(s, note) for s in STOP_SIGNALS} if main else {}
     _SIGINT.clear()
+    _CAUGHT.clear()
     try: yield
     finally:
-        if main: signal.signal(signal.SIGINT, before)
+        for s, h in before.items(): signal.signal(s, h)
 
 def skipped_records(metrics) -> dict[str, int]:
     "Bad records a stage skipped, by kind, summed over every `errors` entry of its metrics (at any depth)."
@@ -431,9 +435,10 @@ def main(argv=None):
         _log_traceback(run_dir)
         return 1
     except KeyboardInterrupt:
-        print(f"longctx run: interrupted; {Path(run_dir) / 'manifest.json'} marks the stage interrupted, "
-              "and the same command resumes (finished stages are skipped)", file=sys.stderr)
-        return 130
+        sig = _CAUGHT.get("signal", signal.SIGINT)
+        print(f"longctx run: interrupted ({signal.Signals(sig).name}); {Path(run_dir) / 'manifest.json'} marks the "
+              "stage interrupted, and the same command resumes (finished stages are skipped)", file=sys.stderr)
+        return 128 + sig
     print(f"run folder: {Path(run_dir).resolve()}")
     figs = sorted(Path(run_dir).glob("*/figures/*.png"))
     if figs:  # where to look: the PNGs themselves, and the docs site that shows them beside each stage's notebook

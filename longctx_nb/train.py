@@ -387,13 +387,15 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
                                   callbacks=[tp, *callbacks], eval_dataset=eval_dataset)
     trainer.lc_cfg = cfg
     t0 = time.time()
-    with bound: trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))  # Ulysses registers inside train()
+    resume = last_checkpoint(out_dir)  # a killed or preempted run of the same key goes on from its last checkpoint
+    with bound: trainer.train(resume_from_checkpoint=resume)  # Ulysses registers inside train()
     trainer.save_model(str(out_dir / "final"))
     if _is_main(): follow_umask(out_dir / "final")  # transformers writes model.safetensors as 0600
     log = {"key": key, "config": asdict(cfg), "seq_len": seq_len, "steps": steps, "grad_accum": accum,
            "world": _world(), "deepspeed": bool(trainer.is_deepspeed_enabled),
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else None,
+           "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else 0,
            "history": trainer.state.log_history, "finished": True}
     if _is_main():
         write_json(out_dir / "train_log.json", log)

@@ -288,7 +288,8 @@ def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
     assert json.loads((tmp_path / "r" / "tokens" / "train" / "meta.json").read_text())["n_docs"] == 1
 
 
-def test_ctrl_c_ends_the_run_in_one_line_marks_the_stage_and_the_next_run_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_ends_the_run_in_one_line_marks_the_stage_and_the_next_run_resumes(tmp_path, sig):
     nbs, go, rd, prof = tmp_path / "nbs", tmp_path / "go", tmp_path / "run", tmp_path / "p.yaml"
     nbs.mkdir()
     prof.write_text("{}\n")
@@ -301,10 +302,11 @@ def test_ctrl_c_ends_the_run_in_one_line_marks_the_stage_and_the_next_run_resume
                          text=True, start_new_session=True)
     t0 = time.time()
     while not (rd / "started").exists() and time.time() - t0 < 120: time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the runner and its kernel both get it
+    if sig == signal.SIGINT: os.killpg(p.pid, sig)  # as a terminal's Ctrl-C: the runner and its kernel both get it
+    else: p.send_signal(sig)  # as a scheduler's stop (the Slurm script's, on its time-limit warning): the runner only
     out, err = p.communicate(timeout=120)
     said = [l for l in err.splitlines() if l.startswith("longctx run:")]
-    assert p.returncode == 130 and len(said) == 1 and "interrupted" in said[0], err[-2000:]
+    assert p.returncode == 128 + sig and len(said) == 1 and f"interrupted ({sig.name})" in said[0], err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "IPKernelApp" not in err, err[-2000:]
     st = manifest(rd)["stages"]
     assert (st["01_done"]["status"], st["02_wait"]["status"]) == ("completed", "interrupted")

@@ -34,6 +34,7 @@ def test_resume_after_kill_loses_nothing(tmp_path):
     assert last_checkpoint(tmp_path / "run").endswith("checkpoint-4")
     # a fresh process would build the model again from any seed: the checkpoint's weights replace it
     log = train_lm(tiny_llama(64, hidden=32, layers=2, heads=2, max_pos=16, seed=123), Rand(), tmp_path / "run", _cfg())
+    assert (ref["resumed_from_step"], log["resumed_from_step"]) == (0, 4)
     from transformers import AutoModelForCausalLM
     ma = AutoModelForCausalLM.from_pretrained(tmp_path / "ref" / "final"); mb = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     for (n, p), (_, q) in zip(ma.named_parameters(), mb.named_parameters()):

@@ -1,0 +1,127 @@
+"""The suite's own sbatch script under a real one-host Slurm (slurm/local_cluster.sh): stage 06's job through srun and
+torchrun, a stop signal mid-training that requeues the job, and a final run folder equal to an uninterrupted local
+run's. The cluster is started for this module and stopped after it, leaving no daemon running."""
+import hashlib, json, os, re, shutil, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, longctx, manifest
+
+CLUSTER = ROOT / "slurm" / "local_cluster.sh"
+SUITE = ROOT / "slurm" / "longctx_suite.sbatch"
+DAEMONS = ("munged", "slurmctld", "slurmd")
+STAGES = "01,02,03,06"  # data, extension (papermill on the node), stage 06's job (srun + torchrun, 2 gloo processes)
+# the cpu profile shrunk by sizes only; stage 03's base model checkpoints every 4 of its 20 steps so that a stop
+# signal lands between two checkpoints
+SHRINK = ["01.tokenizer_train_chars=1000000", "01.vocab_size=4096", "02.token_budget=150000",
+          "02.strategies=[original, per_source]", "02.seq_len=1024", "03.strategies=[per_source]", "03.eval_docs=1",
+          "03.eval_len=512",
+          "03.base_train={lr: 0.003, max_tokens: 40960, batch_tokens: 2048, micro_batch: 8, warmup_steps: 2, "
+          "save_steps: 4}",
+          "03.phases=[{seq_len: 1024, rope_theta: 160000.0, max_tokens: 8192}]",
+          "06.phases=[{seq_len: 256, sp_size: 1, steps: 2}, {seq_len: 1024, sp_size: 2, steps: 2}]",
+          "06.parity={optim: sgd, grad_clip: 0.0, sampling: sequential, n: 4}"]
+ARGS = [a for o in SHRINK for a in ("-p", o)]
+BASE = "models/base"  # stage 03's base model: its checkpoints while it trains, then final/
+JOB = "models/distributed"  # stage 06's job: one folder per phase
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    "A one-host Slurm for this module's tests: the environment that reaches it; stopped (and checked gone) after."
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("Slurm is not installed and apt needs root")
+    d = tmp_path_factory.mktemp("slurm")
+    r = subprocess.run(["bash", str(CLUSTER), "start", str(d)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pids = {n: int((d / f"{n}.pid").read_text()) for n in DAEMONS}
+    yield {**os.environ, "SLURM_CONF": str(d / "slurm.conf")}
+    subprocess.run(["bash", str(CLUSTER), "stop", str(d)], check=True, timeout=300)
+    assert not [n for n, pid in pids.items() if _alive(pid)], "a Slurm daemon started by the tests is still running"
+
+
+def _slurm(env, *cmd) -> str:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def _submit(env, run_dir: Path, log: Path) -> str:
+    "Submit the suite's sbatch script for the shrunk cpu profile; its job id."
+    jenv = {**env, "LONGCTX_STAGES": STAGES, "LONGCTX_NPROC": "2", "OMP_NUM_THREADS": "1",
+            "LONGCTX": str(Path(sys.executable).parent / "longctx")}
+    return _slurm(jenv, "sbatch", "--parsable", "--cpus-per-task=2", "--time=60", f"--output={log}",
+                  f"--chdir={ROOT}", str(SUITE), "cpu", str(run_dir), *ARGS)
+
+
+def _job(env, jid: str) -> dict:
+    "The job's fields as `scontrol show job` prints them."
+    return dict(re.findall(r"(\w+)=(\S*)", _slurm(env, "scontrol", "show", "job", jid)))
+
+
+def _wait(env, jid: str, until, timeout: float, log: Path):
+    "Poll every half second until `until()` is true; fail with the job's log after `timeout` seconds."
+    t0 = time.time()
+    while not until():
+        assert time.time() - t0 < timeout, f"job {jid}: {_job(env, jid).get('JobState')}\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+
+
+def _digest(p: Path, run_dir: Path) -> str:
+    "A file's sha256; a JSON file's with its run folder's path written as <run> and its cache keys left out."
+    if p.suffix != ".json": return hashlib.sha256(p.read_bytes()).hexdigest()
+    drop = lambda o: ({k: drop(v) for k, v in o.items() if k != "key"} if isinstance(o, dict)
+                      else [drop(v) for v in o] if isinstance(o, list) else o)
+    text = json.dumps(drop(json.loads(p.read_text())), sort_keys=True).replace(str(run_dir), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _data_files(run_dir: Path) -> dict:
+    "The data a seed fixes byte for byte: the corpus, tokenizer, token store and sequences (cache keys hash the path)."
+    keep = ("corpus/", "tokenizer/", "tokens/", "upsampled/")
+    files = [p for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.name.endswith("key.json")]
+    return {p.relative_to(run_dir).as_posix(): _digest(p, run_dir) for p in files
+            if p.relative_to(run_dir).as_posix().startswith(keep)}
+
+
+def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_equals_a_local_run(slurm, tmp_path):
+    run_dir, log = tmp_path / "slurm_run", tmp_path / "job.log"
+    jid = _submit(slurm, run_dir, log)
+    ckpt = lambda: any((run_dir / BASE).glob("checkpoint-*")) or any((run_dir / BASE).glob(".*/checkpoint-*"))
+    _wait(slurm, jid, ckpt, 900, log)
+    # the time-limit warning the script asks for (--signal=B:USR1@600), sent now
+    _slurm(slurm, "scancel", "--signal=USR1", "--batch", jid)
+    _wait(slurm, jid, lambda: _job(slurm, jid).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 1200, log)
+    job, text = _job(slurm, jid), log.read_text()
+    assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), text[-4000:]
+    first, second = text.split("attempt 2 on", 1)
+    assert "USR1" in first and "requeueing job" in first
+    # attempt 2: the data stages are not redone, stage 03 resumes its base model from the last checkpoint
+    assert "01_mixture: completed earlier with the same parameters, skipped" in second
+    assert "02_upsample: completed earlier with the same parameters, skipped" in second
+    runs = manifest(run_dir)["runs"]
+    assert runs[0]["stages"] == ["01", "02", "03"] and "03_extend" not in runs[1].get("skipped", [])
+    base = json.loads((run_dir / BASE / "train_log.json").read_text())
+    assert base["resumed_from_step"] >= 4 and base["resumed_from_step"] % 4 == 0 and base["steps"] == 20
+    st = manifest(run_dir)["stages"]
+    assert all(st[s]["status"] == "completed" for s in ("01_mixture", "02_upsample", "03_extend", "06_distributed"))
+    # stage 06's job ran under srun + torchrun on 2 processes, both phases
+    for k in (0, 1):
+        jl = json.loads((run_dir / JOB / f"phase-{k}" / "train_log.json").read_text())
+        assert jl["world"] == 2 and jl["finished"]
+
+    # the same stages run locally, never stopped, stage 06 training its job on this node (train_here): the same
+    # bytes for the data and the same weights, the resumed base model included
+    local = tmp_path / "local_run"
+    longctx("run", "--profile", "cpu", "--run-dir", str(local), "--stages", STAGES, *ARGS, "-p", "06.train_here=true",
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ours, theirs = _data_files(run_dir), _data_files(local)
+    assert ours == theirs and len(ours) > 10
+    for rel in (f"{BASE}/final", "models/per_source/phase-0/final", f"{JOB}/phase-0/final", f"{JOB}/phase-1/final"):
+        a, b = load_file(run_dir / rel / "model.safetensors"), load_file(local / rel / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), rel
