@@ -4,17 +4,19 @@
 
 # %% ../nbs/00i_check.ipynb 2
 from __future__ import annotations
-import json
+import json, shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .corpus import corpus_files
 from .core import RUN_MODELS, SEQ_INDEX, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
 from .models import REGISTRY, HF_ID
 from .parallel import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0
-__all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'CONTRACTS', 'model_names', 'model_problem',
-           'shape_from_config', 'model_shape', 'Finding', 'stale_sequences', 'CheckReport', 'check_stages']
+__all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'READ_TOKENS_PER_S', 'TEXT_BYTES_PER_TOKEN', 'PACKED',
+           'NODE_HOURS', 'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config', 'model_shape', 'Finding',
+           'stale_sequences', 'corpus_tokens', 'CheckReport', 'check_stages']
 
 # %% ../nbs/00i_check.ipynb
 def _strategies(p): return p.get("strategies") or []
@@ -200,7 +202,61 @@ def _contract_06(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
                                f"exceeds the device's {mem} GiB (plan_gpu.memory_gib)"))
     return out, (f"{' / '.join(est)} GiB per GPU (of {mem})" if est else "model shape unknown")
 
-CONTRACTS = {"03_extend": _contract_03, "06_distributed": _contract_06}  # stage notebook -> its contract
+# %% ../nbs/00i_check.ipynb
+READ_TOKENS_PER_S = 4.4e5  # stages 01-02: corpus tokens read and tokenized per second by one process, as stage 02
+# measured it (metrics' tokenize_tokens_per_s: 440K) in a cpu run on a 2-core AMD EPYC (AVX2), the run's 8K BPE;
+# stage 01's counting pass measured 474K. bench/bench_upsample.py measures it on any machine.
+TEXT_BYTES_PER_TOKEN = 4.0  # bytes of English web text per BPE token (Llama-2's tokenizer on SlimPajama: about 4)
+PACKED = {".zst": 3.5, ".gz": 3.0}  # text bytes per file byte of compressed JSONL shards (typical, not measured here)
+NODE_HOURS = 7 * 24  # the time limit slurm/longctx_suite.sbatch asks for
+
+def corpus_tokens(spec) -> tuple[float | None, str]:
+    "A corpus' tokens estimated from its files' sizes, and what that rests on (None: its files are not here)."
+    if spec == "sample": return None, "the embedded sample corpus (minutes)"
+    if isinstance(spec, str) and spec.startswith("hf:"): return None, f"{spec} streams from the hub: size unknown here"
+    try: files = corpus_files(spec)
+    except OSError as e: return None, f"corpus files not on this machine ({e})"
+    text = sum(f.stat().st_size * PACKED.get("".join(f.suffixes[-1:]), 1.0) for f in files)
+    return text / TEXT_BYTES_PER_TOKEN, f"{len(files)} file(s), about {_si(text)}B of text"
+
+def _free_bytes(run_root) -> int | None:
+    "Free disk where the run folder is (or would be created)."
+    p = Path(run_root or ".").resolve()
+    while not p.exists() and p != p.parent: p = p.parent
+    return shutil.disk_usage(p).free if p.exists() else None
+
+def _si(x: float) -> str:
+    "A count with its SI prefix (`1.2 T`, `40.0 G`, `830`)."
+    return next((f"{x / d:,.1f} {u}" for d, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")) if x >= d),
+                f"{x:,.0f}")
+
+def _hours(h: float) -> str: return f"{h:,.1f} h" if h >= 1 else f"{max(1, round(h * 60))} min"
+
+def _contract_data(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
+    "Stages 01 and 02: the corpus tokens each reads, the hours at the measured rate, and stage 02's disk."
+    first = ctx["params"].get("01", {})
+    n, why = corpus_tokens(first.get("corpus", "sample"))
+    if n is None: return [], why
+    procs = max(1, int(p.get("num_proc") or 1))
+    hours = n / (READ_TOKENS_PER_S * procs) / 3600
+    est = f"reads about {_si(n)} tokens ({why}): about {_hours(hours)} on {procs} process(es)"
+    out = []
+    if hours > NODE_HOURS:
+        out.append(Finding(sid, "num_proc", f"reading about {_si(n)} tokens takes about {hours:,.0f} h on {procs} "
+                           f"process(es), more than the {NODE_HOURS} h the Slurm script asks for", error=False))
+    if sid.startswith("02"):
+        per_id = 2 if int(first.get("vocab_size") or 0) <= 65536 else 4
+        disk = n * per_id + len(p.get("strategies") or []) * int(p.get("token_budget") or 0) * per_id
+        est += f"; disk about {_si(disk)}B (token store + sequences)"
+        free = _free_bytes(ctx.get("run_root"))
+        if free is not None and disk > free:
+            out.append(Finding(sid, "token_budget", f"needs about {_si(disk)}B of disk (token store "
+                               f"{_si(n * per_id)}B + sequences), {_si(free)}B free where the run folder is",
+                               error=False))
+    return out, est
+
+CONTRACTS = {"01_mixture": _contract_data, "02_upsample": _contract_data, "03_extend": _contract_03,
+             "06_distributed": _contract_06}  # stage notebook -> its contract
 
 # %% ../nbs/00i_check.ipynb
 @dataclass
@@ -213,8 +269,8 @@ class CheckReport:
         "The findings that stop a run (warnings left out)."
         return [f for f in self.findings if f.error]
     def table(self, widths=(18, 52, 30, 30, 34)) -> str:
-        "The report as a fixed-width text table: stage, key values, reads, writes, estimate."
-        cut = lambda s, w: s if len(s) <= w else s[:w - 1] + "…"
+        "The report as a fixed-width text table: stage, key values, reads, writes, estimate (last, never cut)."
+        cut = lambda s, w: s if len(s) <= w or w == widths[-1] else s[:w - 1] + "…"
         cols = ("stage", "values", "reads", "writes", "estimate")
         head = ("stage", "key values", "reads", "writes", "estimate")
         lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]

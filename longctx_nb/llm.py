@@ -4,7 +4,7 @@
 
 # %% ../nbs/00f_llm.ipynb 2
 from __future__ import annotations
-import copy, hashlib, json, os, re, threading, time
+import argparse, copy, hashlib, json, os, re, signal, sys, threading, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,9 +28,10 @@ from .tokenizer import load_tokenizer
 from .train import attn_implementation
 
 # %% auto 0
-__all__ = ['REF_TAG', 'ANS_TAG', 'common_prefix', 'HFGenerator', 'pick_tokens', 'EndpointError', 'new_usage', 'ResponseCache',
-           'tally', 'OpenAIClient', 'EndpointGenerator', 'endpoint_client', 'generator_from_spec', 'parse_score',
-           'rouge1_f', 'overlap_score', 'LoopbackJudge', 'HFChatClient', 'client_from_spec']
+__all__ = ['REF_TAG', 'ANS_TAG', 'LOOPBACK_MODEL', 'common_prefix', 'HFGenerator', 'pick_tokens', 'EndpointError', 'new_usage',
+           'ResponseCache', 'tally', 'OpenAIClient', 'EndpointGenerator', 'endpoint_client', 'generator_from_spec',
+           'parse_score', 'rouge1_f', 'overlap_score', 'LoopbackJudge', 'HFChatClient', 'client_from_spec',
+           'serve_main']
 
 # %% ../nbs/00f_llm.ipynb
 def _sync():
@@ -428,11 +429,18 @@ def overlap_score(reference: str, answer: str) -> int:
     return 1 + round(9 * rouge1_f(answer, reference))
 
 # %% ../nbs/00f_llm.ipynb
+LOOPBACK_MODEL = "loopback-judge"  # the model name the stand-in server answers to
+
 def _handler(judge) -> type:
     "The HTTP request handler class of one `LoopbackJudge` (it records, authenticates, fails on request, answers)."
     class H(BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
+
+        def do_GET(self):  # what a launcher polls to know the server is up (vLLM answers it too)
+            if self.path.rstrip("/").endswith("/models"):
+                return self._send(200, {"object": "list", "data": [{"id": LOOPBACK_MODEL, "object": "model"}]})
+            self._send(404, {"error": {"message": self.path}})
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -468,11 +476,11 @@ def _handler(judge) -> type:
 class LoopbackJudge:
     "An OpenAI-compatible stand-in judge on 127.0.0.1 (a context manager; `url`, `requests`)."
     def __init__(self, api_key: str | None = None, fail_first: int = 0, fail_code: int = 500,
-                 respond: Callable[[list[dict]], str] | None = None, delay: float = 0.0):
+                 respond: Callable[[list[dict]], str] | None = None, delay: float = 0.0, port: int = 0):
         self.api_key, self.fail_first, self.fail_code, self.delay = api_key, fail_first, fail_code, delay
         self.respond = respond or self.default_respond
         self.requests = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))  # port 0: any free one
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -549,7 +557,7 @@ def client_from_spec(spec, cache, run_root=None):
         return None, lambda: None
     if spec == "loopback":
         server = LoopbackJudge().start()
-        return OpenAIClient(server.url, "loopback-judge", api_key_env=None, cache=cache), server.stop
+        return OpenAIClient(server.url, LOOPBACK_MODEL, api_key_env=None, cache=cache), server.stop
     if isinstance(spec, dict) and "base_url" in spec:  # `tokenizer` names the served model's, for sizing texts
         return endpoint_client(spec, cache), lambda: None
     if isinstance(spec, dict) and "path" in spec:
@@ -557,3 +565,21 @@ def client_from_spec(spec, cache, run_root=None):
         gen = generator_from_spec(spec, run_root or ".", max_new_tokens=n)
         return HFChatClient(gen, cache=cache, max_tokens=n, temperature=t), lambda: None
     raise ValueError(f"chat model {spec!r}: expected None, 'loopback', {{base_url, model, ...}} or {{path, ...}}")
+
+# %% ../nbs/00f_llm.ipynb
+def serve_main(argv=None) -> int:
+    "`python -m longctx_nb.llm [--port P]`: the stand-in OpenAI-compatible server, until SIGTERM or Ctrl-C."
+    ap = argparse.ArgumentParser(prog="python -m longctx_nb.llm",
+                                 description=f"Serve the stand-in OpenAI-compatible model ({LOOPBACK_MODEL}) on "
+                                             "127.0.0.1, in place of a vLLM server.")
+    ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    a = ap.parse_args(argv)
+    judge = LoopbackJudge(port=a.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a launcher's stop ends it as Ctrl-C does
+    print(f"serving {judge.url} (model {LOOPBACK_MODEL})", flush=True)
+    try: judge.server.serve_forever()
+    except KeyboardInterrupt: pass
+    finally: judge.server.server_close()
+    return 0
+
+if __name__ == "__main__" and "__file__" in globals(): raise SystemExit(serve_main())

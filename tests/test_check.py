@@ -1,10 +1,11 @@
 """`longctx check` on the shipped profiles and on broken overrides, stage 06's launch-only job (no training), and
 the Slurm script for the whole suite: all fast, nothing trains."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
 import yaml
+import zstandard
 
 from conftest import ROOT, longctx
 
@@ -139,3 +140,24 @@ def test_stale_sequences_are_refused_before_stage_03_trains_on_them(tmp_path):
     assert "stale" not in ok.stderr and "token sequences but" not in ok.stderr, ok.stderr
     r = longctx("check", "--run-dir", str(rd), "--stages", "02,03", "-p", "03.strategies=[per_source]", check=False)
     assert "stale" not in r.stderr  # stage 02 runs first in that run and writes them anew
+
+
+def test_check_prints_the_hours_and_disk_of_stages_01_02_from_the_corpus_files(tmp_path):
+    sp = tmp_path / "SlimPajama"
+    for split in ("train", "validation"):
+        (sp / split).mkdir(parents=True)
+        rec = json.dumps({"text": "Long documents. " * 2000, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + "\n"
+        (sp / split / "chunk-0.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(rec.encode() * 50))
+    env = {**os.environ, "SLIMPAJAMA": str(sp)}
+    r = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"), env=env)
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert "reads about" in rows["01_mixture"] and "on 16 process(es)" in rows["01_mixture"], r.stdout
+    # the gpu profile's 5B tokens for each of its four strategies at 2 bytes per token, plus the (small) token store
+    assert "disk about 40.0 GB (token store + sequences)" in rows["02_upsample"], r.stdout
+    big = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"), "-p",
+                  "02.token_budget=1000000000000000", env=env)
+    assert "warning: stage 02_upsample: token_budget: needs about" in big.stderr and "free where the run folder is" \
+        in big.stderr
+    gone = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"),
+                   env={k: v for k, v in os.environ.items() if k != "SLIMPAJAMA"})
+    assert "corpus files not on this machine" in gone.stdout

@@ -1,7 +1,7 @@
 """The suite's own sbatch script under a real one-host Slurm (slurm/local_cluster.sh): stage 06's job through srun and
 torchrun, a stop signal mid-training that requeues the job, and a final run folder equal to an uninterrupted local
 run's. The cluster is started for this module and stopped after it, leaving no daemon running."""
-import hashlib, json, os, re, shutil, subprocess, sys, time
+import hashlib, json, os, re, shutil, socket, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -51,12 +51,18 @@ def _slurm(env, *cmd) -> str:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
-def _submit(env, run_dir: Path, log: Path) -> str:
-    "Submit the suite's sbatch script for the shrunk cpu profile; its job id."
-    jenv = {**env, "LONGCTX_STAGES": STAGES, "LONGCTX_NPROC": "2", "OMP_NUM_THREADS": "1",
-            "LONGCTX": str(Path(sys.executable).parent / "longctx")}
+def _submit(env, run_dir: Path, log: Path, stages: str = STAGES, args=ARGS, **more) -> str:
+    "Submit the suite's sbatch script for the shrunk cpu profile (`more`: the job's environment); its job id."
+    jenv = {**env, "LONGCTX_STAGES": stages, "LONGCTX_NPROC": "2", "OMP_NUM_THREADS": "1",
+            "LONGCTX": str(Path(sys.executable).parent / "longctx"), **more}
     return _slurm(jenv, "sbatch", "--parsable", "--cpus-per-task=2", "--time=60", f"--output={log}",
-                  f"--chdir={ROOT}", str(SUITE), "cpu", str(run_dir), *ARGS)
+                  f"--chdir={ROOT}", str(SUITE), "cpu", str(run_dir), *args)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _job(env, jid: str) -> dict:
@@ -70,6 +76,10 @@ def _wait(env, jid: str, until, timeout: float, log: Path):
     while not until():
         assert time.time() - t0 < timeout, f"job {jid}: {_job(env, jid).get('JobState')}\n{log.read_text()[-4000:]}"
         time.sleep(0.5)
+
+
+def _ended(env, jid: str) -> bool:
+    return _job(env, jid).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 
 
 def _digest(p: Path, run_dir: Path) -> str:
@@ -89,14 +99,23 @@ def _data_files(run_dir: Path) -> dict:
             if p.relative_to(run_dir).as_posix().startswith(keep)}
 
 
-def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_equals_a_local_run(slurm, tmp_path):
-    run_dir, log = tmp_path / "slurm_run", tmp_path / "job.log"
+@pytest.fixture(scope="module")
+def stopped_job(slurm, tmp_path_factory):
+    "The sbatch run of STAGES, sent the time-limit signal while stage 03's base model trains: (run folder, job, log)."
+    tmp = tmp_path_factory.mktemp("sbatch")
+    run_dir, log = tmp / "slurm_run", tmp / "job.log"
     jid = _submit(slurm, run_dir, log)
     ckpt = lambda: any((run_dir / BASE).glob("checkpoint-*")) or any((run_dir / BASE).glob(".*/checkpoint-*"))
     _wait(slurm, jid, ckpt, 900, log)
     # the time-limit warning the script asks for (--signal=B:USR1@600), sent now
     _slurm(slurm, "scancel", "--signal=USR1", "--batch", jid)
-    _wait(slurm, jid, lambda: _job(slurm, jid).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 1200, log)
+    _wait(slurm, jid, lambda: _ended(slurm, jid), 1200, log)
+    return run_dir, jid, log
+
+
+def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_equals_a_local_run(slurm, stopped_job,
+                                                                                                   tmp_path):
+    run_dir, jid, log = stopped_job
     job, text = _job(slurm, jid), log.read_text()
     assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), text[-4000:]
     first, second = text.split("attempt 2 on", 1)
@@ -125,3 +144,25 @@ def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_
     for rel in (f"{BASE}/final", "models/per_source/phase-0/final", f"{JOB}/phase-0/final", f"{JOB}/phase-1/final"):
         a, b = load_file(run_dir / rel / "model.safetensors"), load_file(local / rel / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), rel
+
+
+def test_sbatch_serves_a_model_for_the_evaluation_stages_and_stops_it(slurm, stopped_job, tmp_path):
+    # the script starts the server LONGCTX_SERVE names (the suite's stand-in in place of vLLM), waits until it
+    # answers, runs stage 08 against it as the model and the judge, and stops it
+    run_dir = stopped_job[0]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    served = f"{{base_url: '{url}', model: loopback-judge, api_key_env: null}}"
+    args = [*ARGS, "-p", f"08.models={{served: {{endpoint: {served}, tokenizer: {run_dir / 'tokenizer'}}}}}",
+            "-p", f"08.judge={served}", "-p", "08.n_fixture=2"]
+    log2 = tmp_path / "serve.log"
+    jid = _submit(slurm, run_dir, log2, "08", args, LONGCTX_SERVE=f"{sys.executable} -m longctx_nb.llm --port {port}",
+                  LONGCTX_SERVE_URL=url)
+    _wait(slurm, jid, lambda: _ended(slurm, jid), 600, log2)
+    text = log2.read_text()
+    assert _job(slurm, jid)["JobState"] == "COMPLETED" and f"{url} answers after" in text, text[-3000:]
+    preds = [json.loads(l) for l in (run_dir / "08_longbench_chat" / "predictions" / "served.jsonl").open()]
+    assert len(preds) == 2 and all("stand-in" in p["prediction"] or "judge" in p["prediction"] for p in preds)
+    assert manifest(run_dir)["stages"]["08_longbench_chat"]["status"] == "completed"
+    with socket.socket() as s:  # stopped with the stage: nothing listens there any more
+        assert s.connect_ex(("127.0.0.1", port)) != 0
