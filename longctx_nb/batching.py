@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import SEQ_INDEX, read_json
+from .core import SEQ_INDEX, SEQ_STALE, read_json
 
 # %% auto 0
 __all__ = ['SequenceDataset', 'Sequences', 'plan_batches', 'real_fraction', 'collate', 'PackedRows']
@@ -23,6 +23,8 @@ class SequenceDataset:
         self.index = read_json(self.path / SEQ_INDEX)
         if self.index is None:
             raise FileNotFoundError(f"{self.path}: no index.json (sequences not written or incomplete)")
+        if (stale := read_json(self.path / SEQ_STALE)) is not None:
+            raise ValueError(f"{self.path} is stale: {stale['why']}")
         self.shards = self.index["shards"][rank::world]
         self.arrays = [np.load(self.path / s["seqs"], mmap_mode="r") for s in self.shards]
         self.cum = np.cumsum([0] + [len(a) for a in self.arrays])

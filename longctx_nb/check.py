@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .corpus import corpus_files
-from .core import RUN_MODELS, SEQ_INDEX, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
+from .core import RUN_MODELS, SEQ_INDEX, SEQ_STALE, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
 from .models import REGISTRY, HF_ID
 from .parallel import SHAPES, Shape, Layout, plan_memory
 
@@ -106,7 +106,9 @@ def stale_sequences(sid: str, key: str, strategies: list, ctx: dict) -> list:
     for s in strategies:
         ix, where = read_json(run.upsampled(s) / SEQ_INDEX), run.rel(run.upsampled(s))
         if ix is None: continue  # not there: the check of reads against writes names it
-        if made is not None and s not in made:
+        if (mark := read_json(run.upsampled(s) / SEQ_STALE)) is not None:  # stage 02's `mark_stale`
+            out.append(Finding(sid, key, f"{where} is stale: {mark['why']}"))
+        elif made is not None and s not in made:
             out.append(Finding(sid, key, f"{where} is stale: the last stage 02 run wrote {made} only; "
                                          f"run stage 02 with {s!r} in 02.strategies first"))
         elif seq_len and ix.get("seq_len") != seq_len:

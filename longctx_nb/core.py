@@ -12,13 +12,14 @@ import yaml
 from fastcore.basics import patch
 
 # %% auto 0
-__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'DTYPES', 'SPEC_RULES', 'TRAIN_RULES', 'PARAM_RULES',
-           'RUN_MODELS', 'FINAL', 'SEQ_INDEX', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir',
-           'repo_root', 'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir',
-           'swap_dir', 'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
-           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
-           'resolve_parameters', 'param_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure',
-           'plot_theme', 'package_versions', 'git_commit']
+__all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'STRATEGIES', 'DTYPES', 'SPEC_RULES', 'ENDPOINT_RULES',
+           'TRAIN_RULES', 'MODEL_RULES', 'PARAM_RULES', 'RUN_MODELS', 'FINAL', 'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG',
+           'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'follow_umask',
+           'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl',
+           'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256',
+           'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'param_rule',
+           'spec_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
+           'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -326,13 +327,19 @@ def resolve_parameters(profile: dict, declared: dict[str, dict], overrides=()) -
     return out
 
 # %% ../nbs/00_core.ipynb
-_STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
+STRATEGIES = ["original", "per_source", "global", "upsample_domain"]
 _SCORERS = ["contains", "exact", "word_recall", "answer_recall", "rouge1_f", "judge"]  # stage 07's scores
 DTYPES = ("auto", "float32", "bfloat16", "int8")  # a local model's precision (`infer.resolve_dtype` reads them)
-SPEC_RULES = {  # the keys of a model spec ({path, ...}) that a rule checks: a generator, a judge, a model to evaluate
-    "dtype": {"choices": list(DTYPES)}, "batch_size": {"type": int, "min": 1},
-    "max_new_tokens": {"type": int, "min": 1}, "max_length": {"type": int, "min": 16}, "reuse_prefix": {"type": bool},
-    "lengths": {"type": (list, dict)}, "depths": {"type": (list, dict)}}  # stage 07's grid per model: rules below
+SPEC_RULES = {  # the keys of a local model spec {path, ...}: a generator, a judge, a model to evaluate
+    "path": {"type": str}, "tokenizer": {"type": (str, None)}, "dtype": {"type": str, "choices": list(DTYPES)},
+    "batch_size": {"type": int, "min": 1}, "max_new_tokens": {"type": int, "min": 1},
+    "max_length": {"type": int, "min": 16}, "reuse_prefix": {"type": bool}, "rope": {"type": (dict, None)}}
+ENDPOINT_RULES = {  # an OpenAI-compatible server (`llm.OpenAIClient`'s arguments; sampling keys go with each request)
+    "base_url": {"type": str}, "model": {"type": str}, "api_key_env": {"type": (str, None)},
+    "tokenizer": {"type": (str, None)}, "max_retries": {"type": int, "min": 0}, "timeout": {"type": float, "above": 0},
+    "concurrency": {"type": int, "min": 1}, "temperature": {"type": float, "min": 0},
+    "max_tokens": {"type": int, "min": 1}, "top_p": {"type": float, "above": 0, "max": 1}, "seed": {"type": int},
+    "stop": {"type": (str, list)}}
 TRAIN_RULES = {  # the keys of a training config (`train.TrainConfig`; a test in 00e keeps the two equal)
     "lr": {"type": float, "above": 0}, "schedule": {"type": str}, "warmup_steps": {"type": int, "min": 0},
     "batch_tokens": {"type": int, "min": 1}, "micro_batch": {"type": int, "min": 1},
@@ -364,20 +371,38 @@ _GRID = {  # stage 07's grid, as the stage or one model spec gives it: a list, o
     "depths": {"type": (list, dict), "each": float, "min": 0, "max": 100,
                "fields": {"n": {"type": int, "min": 1}, "spacing": {"type": str, "choices": ["linear", "sigmoid"]},
                           "min": {"type": float, "min": 0, "max": 100}, "max": {"type": float, "min": 0, "max": 100}}}}
-SPEC_RULES.update(_GRID)
+_VARIANTS = ["single", "multi", "passkey"]  # stage 07's needle variants
+MODEL_RULES = {  # a model to evaluate (07/08 `models`): a local one or {endpoint: {...}}, and how stage 07 asks it
+    **SPEC_RULES, **_GRID, "endpoint": {"type": dict, "required": ["base_url", "model"], "fields": ENDPOINT_RULES},
+    "prompt": {"type": str, "choices": ["story", "chat"]}, "variants": {"type": list, "choices": _VARIANTS},
+    "train_len": {"type": (int, None), "min": 1}, "group": {"type": str}}
+def _shares(m) -> str | None:
+    "Why a `{domain: share}` mixture is not one: unknown domains, negative shares, or nothing to sample."
+    if not isinstance(m, dict): return None
+    if bad := [d for d in m if d not in SLIMPAJAMA_MIX and str(d).lower() not in SHORT.values()]:
+        return f"unknown domain(s) {bad}; expected some of {list(SHORT.values())} (or {DOMAINS})"
+    if bad := [d for d, v in m.items() if type(v) not in (int, float) or v < 0]:
+        return f"the share of {bad[0]} must be a number of at least 0"
+    return None if sum(m.values()) > 0 else "the shares sum to 0: nothing would be sampled"
+
+def _serves_tokens(g) -> str | None:
+    "Why stage 04's endpoint generator cannot size its prompts: it names no tokenizer (the served model's)."
+    if isinstance(g, dict) and "base_url" in g and not g.get("tokenizer"):
+        return "an endpoint generator needs `tokenizer` (the served model's) to size its prompts in tokens"
+
 _MODEL_SIZE = {"type": dict, "required": ["hidden", "layers", "heads"], "check": _heads_divide,
                "fields": {"hidden": {"type": int, "min": 8}, "layers": {"type": int, "min": 1},
                           "heads": {"type": int, "min": 1}, "kv_heads": {"type": (int, None), "min": 1}}}
 PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type` defaults to the type of the default
     "*": {"seed": {"min": 0}, "on_error": {"choices": ["raise", "skip"]}, "num_proc": {"min": 1}},
     "01": {"validation": {"type": (str, list, None)}, "validation_fraction": {"min": 0.001, "max": 0.5},
-           "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"]},
+           "mixture": {"type": (str, dict), "choices": ["slimpajama", "natural"], "check": _shares},
            "vocab_size": {"min": 258}, "tokenizer_train_chars": {"min": 1}, "thresholds": {"each": int, "min": 1},
            "max_docs": {"type": (int, None), "min": 1}},
-    "02": {"strategies": {"choices": _STRATEGIES}, "token_budget": {"min": 1}, "threshold": {"min": 1},
+    "02": {"strategies": {"choices": STRATEGIES}, "token_budget": {"min": 1}, "threshold": {"min": 1},
            "target_long_share": {"min": 0, "max": 1}, "seq_len": {"min": 2}, "shard_seqs": {"min": 1}},
     "03": {"method": {"choices": ["abf", "linear", "dynamic", "yarn", "llama3"]}, "base_seq_len": {"min": 2},
-           "base_rope_theta": {"min": 1}, "strategies": {"choices": _STRATEGIES}, "eval_len": {"min": 2},
+           "base_rope_theta": {"min": 1}, "strategies": {"choices": STRATEGIES}, "eval_len": {"min": 2},
            "eval_docs": {"min": 1}, "eval_batch": {"min": 1}, "model_size": _MODEL_SIZE,
            "base_train": {"type": dict, "fields": TRAIN_RULES}, "extend_train": {"type": dict, "fields": TRAIN_RULES},
            "phases": {"type": list, "items": {  # one continual-pretraining phase (rope_theta: where `method` uses it)
@@ -388,12 +413,15 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "n_short": {"min": 0}, "methods": {"choices": ["naive", "sorted", "packing"]}, "batch_size": {"min": 1},
            "packs_per_batch": {"min": 1}, "epochs": {"min": 1},
            "deepspeed": {"type": (str, None), "choices": ["zero3"]}},
-    "04": {"generator": {"type": (str, dict), "spec": "one"}, "retries": {"min": 0},
+    "04": {"generator": {"type": dict, "spec": "one", "kind": "chat", "check": _serves_tokens}, "retries": {"min": 0},
            "max_reasks": {"type": (int, None), "min": 0}},
     "06": {"model_size": _MODEL_SIZE,
            "nproc": {"min": 1}, "nnodes": {"min": 1}, "zero_stage": {"choices": [1, 2, 3]}, "cp_size": {"min": 1},
-           "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": _STRATEGIES},
-           "model": {"type": (str, None)},
+           "tiled_mlp": {"min": 0}, "loss_chunk": {"min": 0}, "strategy": {"choices": STRATEGIES},
+           "model": {"type": (str, None)}, "plan_shapes": {"type": list, "each": str},
+           "plan_gpu": {"type": dict, "required": ["name", "memory_gib"],  # the device a plan is sized for
+                        "fields": {"name": {"type": str}, "memory_gib": {"type": float, "above": 0},
+                                   "peak_tflops": {"type": float, "above": 0}}},
            "parity": {"type": (dict, None), "fields": {**TRAIN_RULES, "n": {"type": int, "min": 1}}},
            "train": {"type": dict, "fields": TRAIN_RULES},  # the job's TrainConfig; a phase may override its keys
            "phases": {"type": list, "items": {"type": dict, "required": ["seq_len"],
@@ -402,15 +430,16 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "attention": {"choices": ["auto", "sdpa", "flex_attention",  # train.ATTENTION
                                      "flash_attention_2", "flash_attention_4"]}},
     "07": {"tokenizer": {"type": (str, None)}, **_GRID,
-           "variants": {"choices": ["single", "multi", "passkey"]}, "max_new_tokens": {"min": 1},
+           "variants": {"choices": _VARIANTS}, "max_new_tokens": {"min": 1},
            "batch_size": {"min": 1},
            "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
-           "judge": {"type": (str, dict, None), "spec": "one", "choices": _CHAT_NAMES}, "models": {"spec": "each"}},
+           "judge": {"type": (str, dict, None), "spec": "one", "kind": "chat", "choices": _CHAT_NAMES},
+           "models": {"spec": "each", "kind": "model"}},
     "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
            "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
-           "judge": {"type": (str, dict), "spec": "one", "choices": _CHAT_NAMES}, "judge_retries": {"min": 0},
-           "models": {"spec": "each"},
-           "judges": {"spec": "each"}},
+           "judge": {"type": (str, dict), "spec": "one", "kind": "chat", "choices": _CHAT_NAMES},
+           "judge_retries": {"min": 0}, "models": {"spec": "each", "kind": "model"},
+           "judges": {"spec": "each", "kind": "chat"}},
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}
@@ -429,14 +458,23 @@ def _is(v, t) -> bool:
     if t is int: return type(v) is int
     return isinstance(v, t)
 
-def _check_specs(stage: str, key: str, value, how: str) -> str | None:
-    "Why a model spec (`how='one'`) or a mapping of them (`'each'`) breaks `SPEC_RULES`, naming the full key."
-    specs = {key: value} if how == "one" else {f"{key}.{n}": s for n, s in (value or {}).items()}
+def _one_source(spec: dict) -> str | None:
+    "Why a model to evaluate is not one model: it needs exactly one of `path` and `endpoint`."
+    if ("path" in spec) == ("endpoint" in spec): return "give exactly one of `path` (a local model) and `endpoint`"
+
+def spec_rule(spec, kind: str) -> dict:
+    "The rule one model spec meets: a chat model (`kind='chat'`: a server or a local model) or a model to evaluate."
+    if kind == "model": return {"type": dict, "fields": MODEL_RULES, "check": _one_source}
+    if isinstance(spec, dict) and "base_url" in spec:
+        return {"type": dict, "required": ["base_url", "model"], "fields": ENDPOINT_RULES}
+    return {"type": (str, dict), "choices": _CHAT_NAMES, "required": ["path"],
+            "fields": {**SPEC_RULES, "temperature": {"type": float, "min": 0}}}
+
+def _check_specs(stage: str, key: str, value, rule: dict) -> str | None:
+    "Why a model spec (`rule['spec']='one'`) or a mapping of them (`'each'`) breaks its `spec_rule`, naming the key."
+    specs = {key: value} if rule["spec"] == "one" else {f"{key}.{n}": s for n, s in (value or {}).items()}
     for name, spec in specs.items():
-        if isinstance(spec, dict):
-            for k, rule in SPEC_RULES.items():
-                if k in spec and (e := check_parameter(stage, f"{name}.{k}", spec[k], rule=rule)):
-                    return e
+        if e := check_parameter(stage, name, spec, rule=spec_rule(spec, rule.get("kind", "chat"))): return e
     return None
 
 def _yaml_hint(value, types) -> str:
@@ -463,7 +501,7 @@ def check_parameter(stage: str, key: str, value, default=None, rule: dict | None
     types = rule.get("type")
     types = types if isinstance(types, tuple) else (types,) if types is not None else ()
     bad = f"stage {stage}: {stage}.{key}={value!r}"
-    if "spec" in rule and isinstance(value, dict) and (e := _check_specs(stage, key, value, rule["spec"])):
+    if "spec" in rule and isinstance(value, dict) and (e := _check_specs(stage, key, value, rule)):
         return e
     if types and not any(_is(value, t) for t in types):
         return f"{bad} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; expected " + \
@@ -561,6 +599,7 @@ class RunDir:
         return self.root / "sft" / name
 
 SEQ_INDEX = "index.json"  # a sequence folder's index: stage 02 writes it; batching.SequenceDataset and check read it
+SEQ_STALE = "stale.json"  # in a sequence folder a later stage 02 run no longer produces: why; readers refuse it
 SFT_LONG = "sft/long.jsonl"  # stage 04's long records, read by 05 and (to avoid them) 08: run.path(SFT_LONG)
 SFT_MIX = "sft/mix.jsonl"    # stage 04's mix of long and short records, which stage 05 trains on: run.path(SFT_MIX)
 

@@ -361,6 +361,7 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
             tqdm.write(f"{name}: skipped {sum(skipped.values())} bad record(s) (on_error=skip): "
                        + ", ".join(f"{k} {n}" for k, n in sorted(skipped.items()))
                        + f"; examples in {rd.rel(rd.metrics_path(name))}")
+        for line in rd.metrics(name).get("notices") or []: tqdm.write(f"{name}: {line}")  # what a stage asks to say
     this["finished"] = _now()
     write_json(rd.manifest, man)
     if publish:

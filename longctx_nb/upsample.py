@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .core import (DOMAINS, SEQ_INDEX, SHORT, RunDir, domain_name, stable_hash, write_json, read_json, save_figure,
+from .core import (DOMAINS, SEQ_INDEX, SEQ_STALE, STRATEGIES, SHORT, RunDir, domain_name, stable_hash,
+                             write_json, read_json, save_figure,
                              plot_theme,
                              file_sha256, atomic_path, replacing_dir, swap_dir, path_key, stable_key)
 from .corpus import iter_docs, corpus_files, ErrorLog, corpus_key
@@ -22,7 +23,7 @@ from .batching import SequenceDataset
 
 # %% auto 0
 __all__ = ['DOC_DTYPE', 'TokenStore', 'build_token_store', 'domain_profile', 'strategy_targets', 'plan_sample', 'realised',
-           'write_sequences', 'plot_strategies']
+           'write_sequences', 'mark_stale', 'plot_strategies']
 
 # %% ../nbs/02_upsample.ipynb
 DOC_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i4"), ("domain", "<i1")])
@@ -250,6 +251,20 @@ def _write_sequences(store, plan, tmp: Path, seq_len, shard_seqs, seed, eos_id, 
              "shards": shards}
     write_json(tmp / SEQ_INDEX, index)
     return index
+
+# %% ../nbs/02_upsample.ipynb
+def mark_stale(run: RunDir, strategies: list, seq_len: int) -> list[str]:
+    "Mark the sequences of every strategy this run of stage 02 did not write, so readers refuse them; their names."
+    marked = []
+    for s in STRATEGIES:
+        d = run.upsampled(s)
+        if s in strategies or (ix := read_json(d / SEQ_INDEX)) is None: continue
+        why = (f"stage 02 last ran with strategies {list(strategies)} at seq_len {seq_len}, so these "
+               f"{ix['seq_len']}-token {s!r} sequences are from an earlier run: run stage 02 with {s!r} in "
+               "02.strategies to rebuild them")
+        write_json(d / SEQ_STALE, {"why": why, "seq_len": ix["seq_len"]})
+        marked.append(s)
+    return marked
 
 # %% ../nbs/02_upsample.ipynb
 def plot_strategies(mix, threshold: int):

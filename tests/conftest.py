@@ -1,5 +1,5 @@
 """Shared fixtures: the checkout, the `longctx` command of this environment, and a finished cpu run."""
-import json, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,18 @@ def cpu_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "cpu"
     longctx("run", *CPU_ARGS, "--run-dir", str(run_dir))
     return run_dir
+
+
+STAGES_01_02 = {"data.json", "manifest.json", "corpus", "corpus_split", "tokenizer", "tokens", "upsampled",
+                "01_mixture", "02_upsample"}  # what stages 01-02 leave in a run folder
+
+
+def copy_stages_01_02(run_dir, dest):
+    "A copy of a run folder's stages 01-02 (outputs and manifest), for a test that reruns or interrupts later ones."
+    run_dir = Path(run_dir)
+    shutil.copytree(run_dir, dest, ignore=lambda d, names: [n for n in names
+                                                           if Path(d) == run_dir and n not in STAGES_01_02])
+    return Path(dest)
 
 
 def manifest(run_dir):

@@ -107,6 +107,22 @@ def test_values_inside_lists_and_mappings_are_checked_naming_the_full_key(tmp_pa
     assert r.returncode == 1 and "there is no stage 99" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_model_specs_plan_gpu_and_mixture_mappings_are_checked_key_by_key(tmp_path):
+    bad = {"04.generator={base_url: http://x/v1, model: m}": "04.generator: an endpoint generator needs `tokenizer`",
+           "07.models={a: {path: smollm2-135m-instruct, promt: chat}}": "07.models.a: unknown key(s) ['promt']",
+           "08.models={b: {endpoint: {base_url: u}}}": "08.models.b.endpoint: missing key(s) ['model']",
+           "08.judges={a: {base_url: u, model: m, timeout: -1}}": "08.judges.a.timeout=-1: must be above 0",
+           "06.plan_gpu={name: A100, memory_gib: 0}": "06.plan_gpu.memory_gib=0: must be above 0",
+           "01.mixture={book: 1, novels: 2}": "01.mixture: unknown domain(s) ['novels']"}
+    r = longctx("check", "--profile", "cpu", "--run-dir", str(tmp_path / "r"),
+                *[a for o in bad for a in ("-p", o)], check=False)  # one call: every error is listed
+    assert r.returncode == 1 and r.stderr.strip().endswith(f"cpu: {len(bad)} error(s)"), r.stderr[-800:]
+    for says in bad.values(): assert says in r.stderr, (says, r.stderr[-2000:])
+    ok = longctx("check", "--profile", "cpu", "--run-dir", str(tmp_path / "r"), "-p", "01.mixture={book: 1, arxiv: 2}",
+                 "-p", "07.models={a: {endpoint: {base_url: u, model: m}, tokenizer: t, prompt: chat}}")
+    assert "cpu: ok" in ok.stdout
+
+
 def test_entry_points_answer_help_and_refuse_bad_arguments_in_one_line(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, cwd=ROOT)
     r = run("longctx_nb.distributed", "--help")

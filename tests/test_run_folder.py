@@ -1,5 +1,5 @@
 """A run folder that never lies: keyed intermediates, replace-never-delete, torn logs, locks, typed parameters."""
-import json, os, signal, subprocess, sys, time
+import contextlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 import longctx_nb.longbench_chat as lb
 import longctx_nb.upsample as up
-from conftest import ROOT, LONGCTX, longctx, manifest
+from conftest import ROOT, LONGCTX, CPU_ARGS, copy_stages_01_02, longctx, manifest
 from longctx_nb.core import read_jsonl, append_jsonl
 from longctx_nb.corpus import doc_record, write_shards
 from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
@@ -286,6 +286,43 @@ def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
     assert rc == 0, r.stderr[-3000:]
     assert peak_kib < 2 << 20, f"peak RSS {peak_kib >> 10} MiB"
     assert json.loads((tmp_path / "r" / "tokens" / "train" / "meta.json").read_text())["n_docs"] == 1
+
+
+def _processes_naming(text: str) -> dict[int, str]:
+    "The live processes (not zombies) whose command line contains `text`: pid -> command line."
+    out = {}
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError: continue
+        if text in cmd and state != "Z" and int(p.name) != os.getpid(): out[int(p.name)] = cmd
+    return out
+
+
+def test_ctrl_c_in_stage_06_stops_torchrun_and_its_workers(cpu_run, tmp_path):
+    rd = copy_stages_01_02(cpu_run, tmp_path / "r")  # the job alone, 10^5 steps: it trains until stopped
+    p = subprocess.Popen([*LONGCTX, "run", *CPU_ARGS, "--run-dir", str(rd), "--stages", "06", "--force",
+                          "-p", "06.parity=null", "-p", "06.train_here=true",
+                          "-p", "06.phases=[{seq_len: 256, sp_size: 1, steps: 100000}]"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = lambda: [c for c in _processes_naming(str(rd)).values() if "longctx_nb.distributed" in c]
+    t0 = time.time()  # torchrun and its two workers (each in a session of its own), training
+    while len(workers()) < 3 or not (rd / "models" / "distributed" / "phase-0" / "run_key.json").exists():
+        assert p.poll() is None and time.time() - t0 < 300, p.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(p.pid, signal.SIGINT)  # a terminal's Ctrl-C: the runner's process group
+    out, err = p.communicate(timeout=120)
+    try:
+        assert p.returncode == 130 and "interrupted (SIGINT)" in err, err[-2000:]
+        t0 = time.time()
+        while (left := _processes_naming(str(rd))) and time.time() - t0 < 30: time.sleep(0.5)
+        assert not left, left  # no kernel, torchrun or worker left training into the run folder
+        assert manifest(rd)["stages"]["06_distributed"]["status"] == "interrupted"
+    finally:
+        for pid in _processes_naming(str(rd)):
+            with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import CPU_ARGS, copy_stages_01_02, longctx
 from longctx_nb.core import stable_hash
 from longctx_nb.upsample import (TokenStore, SequenceDataset, build_token_store, domain_profile, plan_sample,
                                  realised, strategy_targets, write_sequences)
@@ -83,3 +84,20 @@ def test_token_store_resumes_unfinished_parts_only(cpu_run, tmp_path):
     st2 = build_token_store(files, tmp_path / "st", data["tokenizer"], progress=False)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept and parts[2].exists()
     assert st2.meta["n_tokens"] == st.meta["n_tokens"] and np.array_equal(st2.docs, st.docs)
+
+
+def test_a_partial_rerun_of_stage_02_marks_the_sequences_it_no_longer_writes(cpu_run, tmp_path):
+    rd = copy_stages_01_02(cpu_run, tmp_path / "r")  # rerun with one strategy at another length
+    others = [s for s in ("per_source", "global", "upsample_domain") if (rd / "upsampled" / s / "index.json").exists()]
+    assert others
+    args = ("-p", "02.strategies=[original]", "-p", "02.seq_len=1024")
+    r = longctx("run", *CPU_ARGS, "--run-dir", str(rd), "--stages", "02", *args)
+    for s in others: assert f"02_upsample: marked upsampled/{s} stale: this run did not write it" in r.stdout + r.stderr
+    assert SequenceDataset(rd / "upsampled" / "original").index["seq_len"] == 1024
+    for s in others:
+        with pytest.raises(ValueError, match=f"2048-token '{s}' sequences are from an earlier run"):
+            SequenceDataset(rd / "upsampled" / s)  # what stage 03 or 06 reads, even run by hand without a check
+    r = longctx("run", *CPU_ARGS, "--run-dir", str(rd), "--stages", "03", "-p", f"03.strategies=[{others[0]}]", *args,
+                check=False)
+    assert r.returncode == 1 and "stage 02 last ran with strategies ['original'] at seq_len 1024" in r.stderr
+    assert not (rd / "03_extend").exists()
