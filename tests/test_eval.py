@@ -185,10 +185,10 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
     smol = cells[cells.model == "smollm2"]
     mid = smol[(smol.length == 2048) & (smol.depth == 50)]
     assert mid.answer_recall.iloc[0] >= 0.8, "the real model finds the needle inside its window"
-    assert sorted(smol.depth.unique()) == [0, 25, 50, 75, 100] and sorted(smol.length.unique()) == [512, 1024, 2048]
+    assert sorted(smol.depth.unique()) == [0, 50, 100] and sorted(smol.length.unique()) == [512, 1024, 2048]
     # inside the window dynamic NTK's scale stays 1, so it reuses prefixes exactly as the as-is model does
     share = {k: m7["speed"][k]["reused_token_share"] for k in SMOLLM2_VARIANTS}
-    assert share["smollm2"] > 0.3 and share["smollm2-dynamic2"] == share["smollm2"] == share["smollm2-yarn2"], share
+    assert share["smollm2"] > 0.2 and share["smollm2-dynamic2"] == share["smollm2"] == share["smollm2-yarn2"], share
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
     assert src["smollm2"]["source"] == "registry" and src["smollm2"]["dtype"] == resolve_dtype_name()
     assert src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final", "dtype": resolve_dtype_name()}
