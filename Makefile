@@ -10,7 +10,7 @@ TORCH  := torch>=2.4,<2.14
 # the machine's pip configuration names index folders that do not exist; only those lines are dropped.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install run test check smoke docs-check docs docs-serve lab browser gpu-check gpu-wheels
+.PHONY: install run test test-slurm check smoke docs-check docs docs-serve lab browser gpu-check gpu-wheels
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ check: install
 # with native bf16, three times that without); `make test` skips it.
 smoke: install
 	LONGCTX_SMOKE=1 $(BIN)/python -m pytest -q tests/test_smol_smoke.py
+
+# The suite's sbatch script under a real one-host Slurm (apt installs Debian's slurmctld/slurmd/munge as root): a job
+# stopped mid-training, requeued and equal to a local run, and a served model (about 15 minutes on 2 cores; `make test`
+# skips it).
+test-slurm: install
+	LONGCTX_SLURM=1 $(BIN)/python -m pytest -q tests/test_slurm.py
 
 test: install browser
 	$(BIN)/nbdev_test --n_workers 2
