@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from longctx_nb.batching import collate, plan_batches, real_fraction
-from longctx_nb.packing import time_epoch
 from longctx_nb.train import FLASH, load_model, resolve_attention, tiny_llama, weighted_lm_loss
 
 METHODS = ("naive", "sorted", "packing")
@@ -39,7 +38,7 @@ def run_samples(run_dir: Path) -> None:
     best = {}
     for _ in range(2):
         for m, plan in plans.items():
-            r = time_epoch(load_model(model_path), samples, plan)
+            r = epoch(load_model(model_path), samples, plan, "cpu")
             best[m] = max(best.get(m, 0), r["tokens_per_s"])
     print(f"{len(samples)} samples, {sum(lengths):,} real tokens, max_len {params['max_len']}")
     for m in plans:

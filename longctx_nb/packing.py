@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_packing.ipynb 2
 from __future__ import annotations
-import json, math, random, re, time
+import json, math, random, re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from .batching import plan_batches, real_fraction, collate, PackedRows
 from .parallel import ds_config
 
 # %% auto 0
-__all__ = ['long_tasks', 'time_epoch', 'plot_efficiency']
+__all__ = ['long_tasks', 'epoch_efficiency', 'plot_efficiency']
 
 # %% ../nbs/05_packing.ipynb
 def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
@@ -47,19 +47,13 @@ def long_tasks(docs, n: int, max_chars: int, seed: int = 0) -> list[dict]:
     return out
 
 # %% ../nbs/05_packing.ipynb
-def time_epoch(model, samples, plan, weighting=True, lr=1e-5) -> dict:
-    "Train one epoch over `plan` (a copy of the optimizer state is not kept); returns time and throughput."
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
+def epoch_efficiency(log: dict, samples, plan, epochs: int = 1) -> dict:
+    "Time and real-token throughput of one epoch over `plan`, from the step times of a training run over it."
+    times = [s for _, s in log.get("step_times") or []]
+    total = sum(times) * log["steps"] / len(times) if times else log["wall_s"]  # all steps unless it was resumed
     real = sum(len(samples[i]["input_ids"]) for b in plan for r in b for i in r)
-    t = time.perf_counter()
-    for b in plan:
-        loss = weighted_lm_loss(model, collate(samples, b, weighting))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    dt = time.perf_counter() - t
-    return {"epoch_s": dt, "real_tokens": real, "tokens_per_s": real / dt, "batches": len(plan)}
+    return {"epoch_s": total / epochs, "real_tokens": real, "tokens_per_s": real * epochs / total,
+            "batches": len(plan), "timed_steps": len(times)}
 
 # %% ../nbs/05_packing.ipynb
 def plot_efficiency(eff, lengths, max_len):

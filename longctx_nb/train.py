@@ -23,9 +23,9 @@ from .core import write_json, read_json, save_figure, swap_dir, plot_theme, foll
 __all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_implementation', 'tiny_llama', 'load_model',
            'packed_causal_mask', 'packed_sdpa', 'register_packed_sdpa', 'resolve_attention', 'use_attention',
            'packed_sdpa_bound', 'TrainConfig', 'steps_for', 'weighted_nll_sum', 'weighted_lm_loss', 'shift_weights',
-           'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'last_checkpoint', 'run_key',
-           'finished_run', 'run_folder', 'check_parallel', 'init_process_state', 'sequence_parallel', 'training_args',
-           'train_lm', 'plot_training']
+           'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'StepTimer', 'last_checkpoint',
+           'run_key', 'finished_run', 'run_folder', 'check_parallel', 'init_process_state', 'sequence_parallel',
+           'training_args', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 FLASH = ("flash_attention_2", "flash_attention_4")  # flash-attn kernels, in order of preference
@@ -263,6 +263,20 @@ class ThroughputCallback(TrainerCallback):
         logs.update(add)
         if state.log_history: state.log_history[-1].update(add)  # the history holds a copy made before callbacks
 
+class StepTimer(TrainerCallback):
+    "Trainer callback keeping `[global_step, seconds]` for every optimizer step this process trained."
+    def __init__(self):
+        self.steps, self.t = [], None
+
+    def on_step_begin(self, args, state, control, **kw):
+        "Start the clock at the step's first micro-batch."
+        self.t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        "Stop it after the optimizer and scheduler step, before any save or log."
+        if self.t is not None: self.steps.append([state.global_step, round(time.perf_counter() - self.t, 4)])
+        self.t = None
+
 # %% ../nbs/00e_train.ipynb
 def last_checkpoint(out_dir) -> str | None:
     "The newest `checkpoint-N` folder under `out_dir`, if any."
@@ -381,10 +395,11 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     par, bound, collator = sequence_parallel(cfg, model, collator)
     args = training_args(cfg, out_dir, steps, accum, configured, par)
     tp = ThroughputCallback(tokens_per_step or accum * cfg.micro_batch * seq_len * _world() // cfg.sp_size)
+    timer = StepTimer()
     if hasattr(model.config, "use_cache"): model.config.use_cache = False
     if cfg.tiled_mlp: tile_mlp(model, cfg.tiled_mlp)
     trainer = WeightedLossTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                  callbacks=[tp, *callbacks], eval_dataset=eval_dataset)
+                                  callbacks=[tp, timer, *callbacks], eval_dataset=eval_dataset)
     trainer.lc_cfg = cfg
     t0 = time.time()
     resume = last_checkpoint(out_dir)  # a killed or preempted run of the same key goes on from its last checkpoint
@@ -396,6 +411,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
            "tokens": steps * tp.tps, "wall_s": round(time.time() - t0, 1),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else None,
            "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else 0,
+           "step_times": timer.steps,  # [step, seconds] of the steps this process trained (a resumed run: the rest)
            "history": trainer.state.log_history, "finished": True}
     if _is_main():
         write_json(out_dir / "train_log.json", log)

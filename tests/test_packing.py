@@ -1,5 +1,5 @@
 """Stage 05 on the cpu run, and the packing traps pinned: exact loss weighting on the real model, isolation
-only without mask and cache, efficiency measured for every method."""
+only without mask and cache, efficiency measured from every method's training run."""
 import json
 
 import pandas as pd
@@ -23,6 +23,7 @@ def test_efficiency_measured_for_every_method(cpu_run):
     assert eff.loc["packing", "real_token_fraction"] >= 0.995  # LongAlign's goal; the cpu profile packs one row per step
     assert eff.loc["naive", "real_token_fraction"] < min(eff.loc["sorted", "real_token_fraction"], eff.loc["packing", "real_token_fraction"])
     assert (eff.real_tokens == eff.loc["naive", "real_tokens"]).all(), "every method sees the same tokens"
+    assert (eff.timed_steps == eff.batches).all() and (eff.epoch_s > 0).all(), "each uninterrupted run timed every step"
     for f in ("efficiency.png", "sft_loss.png"): assert (cpu_run / "05_packing" / "figures" / f).exists()
 
 
