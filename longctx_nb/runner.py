@@ -143,7 +143,8 @@ STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter:
     "06": {"01": {"launch_only": "false"}, "02": {"launch_only": "false"}},  # launch_only: reads nothing
     "07": {"01": {"models": RUN_MODELS, "haystack": RUN_CORPUS}, "03": {"models": RUN_MODELS},
            "05": {"models": RUN_MODELS}},
-    "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}  # 08's fixture: the corpus, else the essays
+    "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}},  # 08's fixture: the corpus, else the essays
+    "09": {"01": {"models": RUN_MODELS}, "03": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}
 
 class UpstreamIncomplete(RuntimeError):
     "A stage would read the outputs of a stage that did not complete."

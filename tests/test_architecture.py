@@ -10,7 +10,8 @@ from conftest import ROOT
 
 PKG = ROOT / "longctx_nb"
 MODULES = sorted(p for p in PKG.glob("*.py") if p.name not in ("__init__.py", "_modidx.py"))
-STAGES = {"mixture", "upsample", "extend", "synth", "packing", "distributed", "needle", "longbench_chat"}
+STAGES = {"mixture", "upsample", "extend", "synth", "packing", "distributed", "needle", "longbench_chat",
+          "benchmarks"}
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 
 

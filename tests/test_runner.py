@@ -45,7 +45,8 @@ def test_rerun_skips_and_force_redoes(cpu_run):
     r = longctx("run", *CPU_ARGS, "--run-dir", str(cpu_run))
     assert "skipped" in r.stderr + r.stdout and time.time() - t0 < 30
     assert manifest(cpu_run)["runs"][-1]["skipped"] == ["01_mixture", "02_upsample", "03_extend", "04_synth",
-                                                     "05_packing", "06_distributed", "07_needle", "08_longbench_chat"]
+                                                     "05_packing", "06_distributed", "07_needle", "08_longbench_chat",
+                                                     "09_benchmarks"]
     before = {k: v["started"] for k, v in manifest(cpu_run)["stages"].items()}
     time.sleep(1.1)
     longctx("run", *CPU_ARGS, "--run-dir", str(cpu_run), "--stages", "02", "--force")

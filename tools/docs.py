@@ -134,6 +134,20 @@ def stage_provenance(run: Path, stem: str, entry: dict) -> dict:
             "date": entry.get("finished"), "figures": None}
 
 
+GALLERY_IMG = re.compile(r"\]\(figures/([^/)]+)/([^)]+\.png)\)")
+
+
+def readme_page(text: str, src: Path) -> str:
+    "The README as the front page: links to nbs/ made page links, its gallery's published figures copied in."
+    def copy(m):
+        f = ROOT / "figures" / m.group(1) / m.group(2)
+        out = src / "published" / m.group(1)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, out / m.group(2))
+        return f"](published/{m.group(1)}/{m.group(2)})"
+    return GALLERY_IMG.sub(copy, re.sub(r"\]\(nbs/([^)]+\.ipynb)\)", r"](\1)", text))
+
+
 def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str | None) -> dict:
     "Write the processed notebook for one page into `src`; return what the page shows (for the report)."
     nb_path, entry = stage_source(stem, run) if is_stage(stem) else (ROOT / "nbs" / f"{stem}.ipynb", None)
@@ -183,8 +197,7 @@ def page(stem: str, run: Path | None, src: Path, engine: str, site_commit: str |
         if c.cell_type == "markdown":
             s = c.source
             if "{{< include ../README.md >}}" in s:  # the README, with its links to nbs/ made page links
-                s = s.replace("{{< include ../README.md >}}", re.sub(r"\]\(nbs/([^)]+\.ipynb)\)", r"](\1)",
-                                                                       (ROOT / "README.md").read_text()))
+                s = s.replace("{{< include ../README.md >}}", readme_page((ROOT / "README.md").read_text(), src))
             if re.fullmatch(r"\s*---\s*\ntitle:.*\n---\s*", s) and engine != "quarto": continue  # front matter
             c.source = FIG_LINK.sub(link, s)
         cells.append(c)

@@ -1,0 +1,86 @@
+"""Stage 09 on the cpu run: lm-eval's RULER and LongBench on every model, offline, one table, the figures; clear
+lines for what cannot run; a rerun evaluates only the model x task cells not done, and gives the same bytes."""
+import json, os
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import longctx
+from longctx_nb.core import PROFILES_DIR
+
+STAGE = "09_benchmarks"
+
+
+def check_stage(run, p: dict):
+    "Every model x task x length of stage 09's parameters `p` is scored in `run`, with its files and figures."
+    t = pd.read_csv(run / STAGE / "tables" / "results.csv")
+    scored = t[t.metric == "score"]
+    ruler = [x for x in p["tasks"] if not x.startswith("longbench_")]
+    longbench = [x for x in p["tasks"] if x.startswith("longbench_")]
+    for name, spec in p["models"].items():
+        got = scored[(scored.model == name) & (scored.group == "ruler")]
+        want = {(task, L) for task in ruler for L in spec.get("lengths", p["lengths"])}
+        assert set(zip(got.task, got.length)) == want, name
+        assert got.value.between(0, 1).all() and (got.samples == p["samples_per_cell"]).all()
+        lb = scored[(scored.model == name) & scored.task.str.startswith("longbench_")]
+        assert sorted(lb.task) == sorted(longbench) and lb.length.isna().all() and lb.value.between(0, 1).all()
+        assert (lb.samples == p["longbench_samples"]).all()
+        r = json.loads((run / STAGE / "results" / f"{name}.json").read_text())
+        assert r["lm_eval_version"] == "0.4.13" and set(r["configs"]) == {f"{a}_{b}" for a, b in want} | set(longbench)
+        assert set(r["keys"]) == set(p["tasks"]) == {f.stem for f in (run / STAGE / "results" / name).iterdir()}
+        lines = (run / STAGE / "samples" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == len(want) * p["samples_per_cell"] + len(longbench) * p["longbench_samples"]
+        assert (run / STAGE / "figures" / f"ruler_{name}.png").exists()
+    m = json.loads((run / STAGE / "metrics.json").read_text())
+    assert set(m["effective_length"]) == set(p["models"]) and m["lm_eval"] == "0.4.13"
+    assert set(m["longbench"]) == set(p["models"])
+    assert (run / STAGE / "figures" / "ruler_average.png").exists() and (run / STAGE / "figures" / "longbench.png").exists()
+    return scored
+
+
+def test_every_model_task_and_length_is_scored(cpu_run):
+    p = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())["stages"]["09"]
+    scored = check_stage(cpu_run, p)
+    # the real model finds a single needle at 1K; the suite's tiny SFT model is evaluated by the same code path
+    assert scored.set_index(["model", "task", "length"]).loc[("smollm2", "niah_single_2", 1024), "value"] == 1.0
+    groups = pd.read_csv(cpu_run / STAGE / "tables" / "longbench_groups.csv", index_col=0)
+    assert list(groups.columns) == ["S-Doc QA", "M-Doc QA", "Summ"] and set(groups.index) == set(p["models"])
+
+
+def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(cpu_run, tmp_path):
+    sft = cpu_run / "models" / "sft-packing" / "final"
+    tok = json.loads((cpu_run / "data.json").read_text())["tokenizer"]
+    run = tmp_path / "r"
+    args = ["run", "--stages", "09", "--run-dir", str(run), "-p", f"09.tokenizer={tok}",
+            "-p", f"09.models={{a: {{path: {sft}, prompt: chat}}, b: {{path: {sft}, prompt: story}}}}",
+            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, ruler_qa_hotpot, longbench_qasper]"]
+    longctx(*args)
+    t = pd.read_csv(run / STAGE / "tables" / "results.csv")
+    skip = t[t.task == "ruler_qa_hotpot"]
+    assert len(skip) == 2 and skip.value.isna().all() and skip.note.str.contains("ruler_qa.hotpotqa").all()
+    # a run folder without a corpus builds LongBench's fixture from the essays
+    assert (run / STAGE / "longbench_fixture" / "qasper.jsonl").exists()
+    # a rerun evaluates only the model x task whose result is gone, and writes the same bytes again
+    files = lambda: {str(p.relative_to(run)): p.read_bytes() for p in (run / STAGE).rglob("*")
+                     if p.is_file() and p.parent.name in ("results", "samples", "a", "b", "longbench_fixture")}
+    first = files()
+    (run / STAGE / "results" / "b" / "niah_single_2.json").unlink()
+    longctx(*args, "--force")
+    nb = json.loads((run / STAGE / f"{STAGE}.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "a: niah_single_2 evaluated earlier" in printed and "b: niah_single_2 evaluated earlier" not in printed
+    assert "b: longbench_qasper evaluated earlier" in printed and "b: niah_single_2 at 1024 tokens: evaluated" in printed
+    assert files() == first and len(first) == 13
+
+
+@pytest.mark.parametrize("override, says", [
+    ("09.tasks=[niah_single_2, mmlu_nope]", "09.tasks"),
+    ("09.longbench_data=hub", "09.longbench_data=hub: the hub is off"),
+    ("09.longbench_data=/nowhere", "longbench_qasper: no /nowhere/qasper.jsonl")])
+def test_what_cannot_run_gets_one_clear_line(tmp_path, override, says):
+    run = tmp_path / "r"
+    args = ["run", "--stages", "09", "--run-dir", str(run), "-p", "09.models={s: {path: smollm2-135m-instruct}}",
+            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, longbench_qasper]", "-p", override]
+    r = longctx(*args, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0 and says in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
