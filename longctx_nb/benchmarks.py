@@ -4,7 +4,8 @@
 
 # %% ../nbs/09_benchmarks.ipynb 2
 from __future__ import annotations
-import json, os, random, re
+import json, logging, os, random, re
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -20,7 +21,7 @@ from .core import (LONGBENCH_TASKS, RULER_TASKS, RunDir, read_json, write_json, 
                              stable_key, plot_theme)
 from .corpus import iter_docs
 from .evalsets import essay_docs, truncate_middle
-from .llm import generator_from_spec
+from .llm import EndpointGenerator, generator_from_spec
 from .sources import paul_graham_essays
 
 # %% auto 0
@@ -28,7 +29,7 @@ __all__ = ['LM_EVAL_TASKS', 'NIAH', 'RULER_YAML', 'RULER_QA', 'RULER_CATEGORY', 
            'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'ruler_modules', 'essay_haystack', 'read_qa',
            'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task', 'longbench_docs', 'longbench_task',
            'longbench_fixture', 'result_rows', 'effective_length', 'ruler_average', 'plot_ruler_heatmap',
-           'plot_ruler_average', 'longbench_groups', 'plot_longbench', 'evaluate_model', 'sample_records',
+           'plot_ruler_average', 'longbench_groups', 'plot_longbench', 'lm_for', 'evaluate_model', 'sample_records',
            'saved_result', 'result_path', 'samples_path', 'merge_results']
 
 # %% ../nbs/09_benchmarks.ipynb
@@ -154,7 +155,7 @@ def longbench_task(task: str, tok, max_length: int, docs: list[dict] | None = No
     "An inline lm-eval config for a LongBench task: lm-eval's prompt and metric, the prompt cut in its middle."
     cfg = load_yaml(LM_EVAL_TASKS / "longbench" / f"{task.removeprefix('longbench_')}.yaml")
     template = cfg["doc_to_text"].replace("asconcisely", "as concisely")  # lm-eval 0.4.13's narrativeqa prompt
-    gen = {**cfg["generation_kwargs"], **({"max_gen_toks": max_gen} if max_gen else {})}
+    gen = {**cfg["generation_kwargs"], "temperature": 0.0, **({"max_gen_toks": max_gen} if max_gen else {})}
     cfg.update(tag=[], doc_to_text=lambda doc: truncate_middle(tok, apply_template(template, doc), max_length),
                generation_kwargs=gen, metadata={"version": cfg["metadata"]["version"], "task": task,
                                                 "group": LONGBENCH_GROUP[task], "max_length": max_length})
@@ -288,17 +289,46 @@ def plot_longbench(groups: pd.DataFrame, title: str = "LongBench by LongAlign's 
     return fig
 
 # %% ../nbs/09_benchmarks.ipynb
-def evaluate_model(gen, configs: list[dict], chat: bool, max_length: int, batch_size: int = 1, seed: int = 0,
-                   limit: int | None = None) -> dict:
-    "lm-eval's `simple_evaluate` of task `configs` on the model a suite generator already loaded; its result dict."
+class _Scrub(logging.Filter):
+    "Takes a secret out of log records (lm-eval's API client logs a failed request with its headers)."
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record) -> bool:
+        record.msg, record.args = record.getMessage().replace(self.secret, "***"), ()
+        return True
+
+def lm_for(gen, max_length: int, batch_size: int = 1):
+    "lm-eval's model for a suite generator: HFLM on the loaded local model, or its chat-completions client."
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.openai_completions import LocalChatCompletion
+    if isinstance(gen, EndpointGenerator):  # an OpenAI-compatible server (vLLM): lm-eval sends chat messages
+        c = gen.client
+        api_log = logging.getLogger("lm_eval.models.api_models")
+        for f in [f for f in api_log.filters if isinstance(f, _Scrub)]:
+            api_log.removeFilter(f)
+        api_log.addFilter(_Scrub(c._key()))
+        return LocalChatCompletion(base_url=c._base() + "/chat/completions", model=c.model, max_length=max_length,
+                                   max_retries=c.max_retries, num_concurrent=c.concurrency,
+                                   timeout=int(c._sdk.timeout), header={"Authorization": f"Bearer {c._key()}"})
+    return HFLM(pretrained=gen.model, tokenizer=gen.tok, max_length=max_length, batch_size=batch_size,
+                device=str(gen.device))
+
+def evaluate_model(gen, configs: list[dict], chat: bool, max_length: int, batch_size: int = 1, seed: int = 0,
+                   limit: int | None = None, lm=None) -> dict:
+    "lm-eval's `simple_evaluate` of task `configs` on a suite generator's model (or lm-eval model `lm`); the result."
     from lm_eval.tasks import TaskManager
-    lm = HFLM(pretrained=gen.model, tokenizer=gen.tok, max_length=max_length, batch_size=batch_size,
-              device=str(gen.device))
-    return lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=TaskManager(include_defaults=False),
-                                   apply_chat_template=chat, bootstrap_iters=1000, log_samples=True,
-                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                   fewshot_random_seed=seed, limit=limit)
+    lm = lm or lm_for(gen, max_length, batch_size)
+    chat = chat or isinstance(gen, EndpointGenerator)  # a chat-completions server takes messages only
+    run = lambda: lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=TaskManager(include_defaults=False),
+                                         apply_chat_template=chat, bootstrap_iters=1000, log_samples=True,
+                                         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                         fewshot_random_seed=seed, limit=limit)
+    if isinstance(gen, EndpointGenerator):  # lm-eval's API client starts an event loop: not in a kernel's own thread
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(run).result()
+    return run()
 
 def sample_records(res: dict) -> list[dict]:
     "Every answer of an lm-eval result, small: task, length, index, references, answer, score."

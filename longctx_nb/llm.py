@@ -374,9 +374,9 @@ def generator_from_spec(spec: dict, run_root, tokenizer=None, batch_size: int = 
     "An `HFGenerator` or `EndpointGenerator` for one entry of a stage's `models` parameter (`.provenance` set)."
     run_root = Path(run_root)
     if "endpoint" in spec:
-        gen = EndpointGenerator(endpoint_client(spec["endpoint"], cache), max_new_tokens,
-                                tokenizer=load_tokenizer(spec.get("tokenizer") or tokenizer))
         ep = spec["endpoint"]
+        tok = spec.get("tokenizer") or ep.get("tokenizer") or tokenizer  # the served model's, to count its tokens
+        gen = EndpointGenerator(endpoint_client(ep, cache), max_new_tokens, tokenizer=tok and load_tokenizer(tok))
         gen.provenance = {"source": "endpoint", "base_url": ep["base_url"], "model": ep["model"]}
         return gen
     m = resolve_model(spec["path"], run_root)

@@ -20,7 +20,7 @@ from .models import model_main
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'STOP_SIGNALS', 'nbs_dir', 'stage_notebooks',
            'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked',
-           'run_lock', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check', 'kernel_config',
+           'run_lock', 'holds', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check', 'kernel_config',
            'stage_kernel', 'kill_kernel', 'sweep_leftovers', 'write_provenance', 'publish_figures', 'StageFailed',
            'noting_sigint', 'skipped_records', 'run', 'main']
 
@@ -146,6 +146,14 @@ STAGE_INPUTS = {  # stage -> {stage it reads from: None (always), or {parameter:
     "08": {"01": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}},  # 08's fixture: the corpus, else the essays
     "09": {"01": {"models": RUN_MODELS}, "03": {"models": RUN_MODELS}, "05": {"models": RUN_MODELS}}}
 
+def holds(value, mark: str) -> bool:
+    "Whether a parameter value names `mark`: a string that starts with it (in lists and mappings too), or `false`."
+    if isinstance(value, dict):
+        return any(holds(v, mark) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(holds(v, mark) for v in value)
+    return json.dumps(value, default=str).strip('"').startswith(mark)
+
 class UpstreamIncomplete(RuntimeError):
     "A stage would read the outputs of a stage that did not complete."
 
@@ -154,7 +162,7 @@ def check_upstream(all_: dict, chosen: dict, params: dict, man: dict) -> None:
     for sid in chosen:
         for up, via in STAGE_INPUTS.get(sid, {}).items():
             if up not in all_ or up in chosen: continue  # run now, in order: a failure there stops the run
-            if via and not any(mark in json.dumps(params[sid].get(p), default=str) for p, mark in via.items()):
+            if via and not any(holds(params[sid].get(p), mark) for p, mark in via.items()):
                 continue  # its parameters point elsewhere: a registry model, an HF id, a file
             st = man["stages"].get(all_[up].stem, {}).get("status")
             if st != "completed":

@@ -84,3 +84,22 @@ def test_what_cannot_run_gets_one_clear_line(tmp_path, override, says):
             "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, longbench_qasper]", "-p", override]
     r = longctx(*args, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode != 0 and says in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_a_failing_endpoint_gets_one_line_keeps_what_finished_and_never_writes_its_key(tmp_path):
+    from longctx_nb.llm import LoopbackJudge
+    from longctx_nb.models import registry_path
+    tok = registry_path("smollm2-135m-instruct", progress=False)
+    run, key = tmp_path / "r", "sk-test-0123456789abcdef"
+    with LoopbackJudge(api_key=key, respond=lambda m: "no idea") as good, \
+         LoopbackJudge(api_key=key, fail_first=10**6, fail_code=503) as bad:
+        ep = lambda srv: f"{{endpoint: {{base_url: '{srv.url}', model: m, api_key_env: LB_KEY, max_retries: 1, tokenizer: '{tok}'}}}}"
+        args = ["run", "--stages", "09", "--run-dir", str(run), "-p", f"09.models={{good: {ep(good)}, bad: {ep(bad)}}}",
+                "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, longbench_qasper]"]
+        r = longctx(*args, check=False, env={**os.environ, "LB_KEY": key, "HF_HUB_OFFLINE": "1"})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "bad on niah_single_2: ClientResponseError: 503" in out, out[-3000:]
+    assert (run / STAGE / "results" / "good.json").exists() and not (run / STAGE / "results" / "bad").exists()
+    assert all(json.loads(x)["score"] == 0 for x in (run / STAGE / "samples" / "good.jsonl").read_text().splitlines())
+    assert key not in out and not [p for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert good.requests[0]["authorization"] == f"Bearer {key}"
