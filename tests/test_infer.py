@@ -79,8 +79,8 @@ def test_dynamic_ntk_reuses_a_prefix_only_where_it_holds(smol_dir, tmp_path):
     tok.save_pretrained(tmp_path / "m")
     tiny_llama(len(tok), hidden=32, layers=1, heads=2, max_pos=512).save_pretrained(tmp_path / "m")
     rope, hay = {"method": "dynamic", "factor": 2}, load_haystack("paul_graham")
-    reuse = HFGenerator(tmp_path / "m", max_new_tokens=4, reuse_prefix=True, rope=rope)
-    full = HFGenerator(tmp_path / "m", max_new_tokens=4, rope=rope)
+    reuse = HFGenerator(tmp_path / "m", max_new_tokens=4, reuse_prefix=True, rope=rope, dtype="float32")
+    full = HFGenerator(tmp_path / "m", max_new_tokens=4, rope=rope, dtype="float32")  # 1e-4: float32's tolerance
     sp = variant_spec("single", 0)
     # beyond the window, then inside it: each pair shares its haystack up to the second needle
     ids = [reuse.encode(render_prompt("chat", build_context(reuse.tok, hay, n, d, sp["needles"])["context"],
