@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_benchmarks.ipynb 2
 from __future__ import annotations
-import json, logging, os, random, re
+import contextlib, io, json, logging, os, random, re
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -67,7 +67,10 @@ def _sentences():
 @lru_cache(maxsize=1)
 def ruler_modules():
     "lm-eval's RULER generators, imported once (wonderwords' key list: ~20 s), made offline."
-    from lm_eval.tasks.ruler import prepare_niah, vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
+    import nltk
+    # prepare_niah fetches nltk's punkt_tab when imported: never here (its splitter is replaced just below)
+    with mock.patch.object(nltk, "download", lambda *a, **kw: False), contextlib.redirect_stdout(io.StringIO()):
+        from lm_eval.tasks.ruler import prepare_niah, vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
     prepare_niah.cached_sent_tokenize = _sentences()  # instead of nltk's punkt_tab, a download
     return {"niah": prepare_niah, "niah_utils": niah_utils, "vt": vt_utils, "cwe": cwe_utils, "fwe": fwe_utils,
             "qa": qa_utils, "common": common_utils}

@@ -1,6 +1,6 @@
 """Stage 09 on the cpu run: lm-eval's RULER and LongBench on every model, offline, one table, the figures; clear
 lines for what cannot run; a rerun evaluates only the model x task cells not done, and gives the same bytes."""
-import json, os
+import json, os, subprocess, sys
 
 import pandas as pd
 import pytest
@@ -118,3 +118,18 @@ def test_a_failing_endpoint_gets_one_line_keeps_what_finished_and_never_writes_i
     assert all(json.loads(x)["score"] == 0 for x in (run / STAGE / "samples" / "good.jsonl").read_text().splitlines())
     assert key not in out and not [p for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert good.requests[0]["authorization"] == f"Bearer {key}"
+
+
+def test_ruler_generators_load_without_any_download(tmp_path):
+    code = ("import nltk, urllib.request\n"
+            "def no(*a, **kw): raise AssertionError('a download at run time')\n"
+            "nltk.download = urllib.request.urlopen = no\n"
+            "from transformers import AutoTokenizer\n"
+            "from longctx_nb.benchmarks import ruler_samples\n"
+            "from longctx_nb.models import registry_path\n"
+            "tok = AutoTokenizer.from_pretrained(registry_path('smollm2-135m-instruct', progress=False))\n"
+            "print(len(ruler_samples('niah_single_2', tok, 1024, 1)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "NLTK_DATA": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr[-2000:]
+    assert "punkt" not in r.stdout + r.stderr
