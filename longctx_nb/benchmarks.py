@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_benchmarks.ipynb 2
 from __future__ import annotations
-import json, logging, os, random, re
+import contextlib, io, json, logging, os, random, re
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -26,11 +26,12 @@ from .sources import paul_graham_essays
 
 # %% auto 0
 __all__ = ['LM_EVAL_TASKS', 'NIAH', 'RULER_YAML', 'RULER_QA', 'RULER_CATEGORY', 'RULER_MIN_LEN', 'RULER_THRESHOLD',
-           'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'ruler_modules', 'essay_haystack', 'read_qa',
-           'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task', 'longbench_docs', 'longbench_task',
-           'longbench_fixture', 'result_rows', 'effective_length', 'ruler_average', 'plot_ruler_heatmap',
-           'plot_ruler_average', 'longbench_groups', 'plot_longbench', 'lm_for', 'evaluate_model', 'sample_records',
-           'saved_result', 'result_path', 'samples_path', 'merge_results']
+           'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'SHORT_METRIC', 'FIXTURE_MC', 'ruler_modules',
+           'essay_haystack', 'read_qa', 'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task', 'longbench_docs',
+           'longbench_task', 'longbench_fixture', 'mc_fixture', 'mc_task', 'retention', 'plot_retention', 'result_rows',
+           'effective_length', 'ruler_average', 'plot_ruler_heatmap', 'plot_ruler_average', 'longbench_groups',
+           'plot_longbench', 'lm_for', 'evaluate_model', 'sample_records', 'saved_result', 'result_path',
+           'samples_path', 'merge_results']
 
 # %% ../nbs/09_benchmarks.ipynb
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -66,7 +67,10 @@ def _sentences():
 @lru_cache(maxsize=1)
 def ruler_modules():
     "lm-eval's RULER generators, imported once (wonderwords' key list: ~20 s), made offline."
-    from lm_eval.tasks.ruler import prepare_niah, vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
+    import nltk
+    # prepare_niah fetches nltk's punkt_tab when imported: never here (its splitter is replaced just below)
+    with mock.patch.object(nltk, "download", lambda *a, **kw: False), contextlib.redirect_stdout(io.StringIO()):
+        from lm_eval.tasks.ruler import prepare_niah, vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
     prepare_niah.cached_sent_tokenize = _sentences()  # instead of nltk's punkt_tab, a download
     return {"niah": prepare_niah, "niah_utils": niah_utils, "vt": vt_utils, "cwe": cwe_utils, "fwe": fwe_utils,
             "qa": qa_utils, "common": common_utils}
@@ -192,6 +196,64 @@ def longbench_fixture(docs, tasks: list[str], n: int, out_dir, seed: int = 0, ma
     return out
 
 # %% ../nbs/09_benchmarks.ipynb
+SHORT_METRIC = {"mmlu": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "truthfulqa_mc2": "acc",
+                "next_sentence": "acc"}  # the metric each short task reports (the Open LLM Leaderboard's)
+FIXTURE_MC = "next_sentence"  # the offline multiple-choice fixture's task name
+
+def mc_fixture(docs, n: int, out_path, seed: int = 0) -> Path:
+    "Write `n` next-sentence questions (context, 4 choices, answer index) as JSON lines from documents; the path."
+    pool = [s for s in (sentences(d.text[:6000]) for d in docs) if len(s) >= 6]
+    if len(pool) < 4:
+        raise ValueError(f"only {len(pool)} documents suit the multiple-choice fixture; 4 are needed")
+    rng = random.Random(stable_key(seed, FIXTURE_MC))
+    rows = []
+    for i in range(n):
+        j = rng.randrange(len(pool))
+        sents = pool[j]
+        k = rng.randrange(3, len(sents))
+        others = [rng.choice(pool[o]) for o in rng.sample([o for o in range(len(pool)) if o != j], 3)]
+        choices = [sents[k], *others]
+        rng.shuffle(choices)
+        rows.append({"context": " ".join(sents[k - 3:k]), "choices": choices, "answer": choices.index(sents[k])})
+    write_text(out_path, "".join(json.dumps(r) + "\n" for r in rows))
+    return Path(out_path)
+
+def mc_task(path, name: str = FIXTURE_MC) -> dict:
+    "lm-eval's local-task config for a multiple-choice JSON-lines file `{context, choices, answer}`."
+    return {"task": name, "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",
+            "output_type": "multiple_choice", "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{answer}}", "target_delimiter": " ",
+            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                            for m in ("acc", "acc_norm")],
+            "metadata": {"version": 1, "task": name, "group": "short"}}
+
+def retention(table: pd.DataFrame, base: str) -> pd.DataFrame:
+    "Each model's short-task scores minus `base`'s, per task, in each task's reported metric."
+    r = table[(table.group == "short") & (table.metric == table.task.map(SHORT_METRIC))]
+    scores = r.pivot_table(index="model", columns="task", values="value")
+    if base not in scores.index:
+        raise ValueError(f"retention_base {base!r} has no short-task scores; models with them: {sorted(scores.index)}")
+    return (scores - scores.loc[base]).drop(index=base)
+
+def plot_retention(delta: pd.DataFrame, base: str):
+    "Short-task retention as bars: each model's score minus the base model's, in points, per task."
+    import matplotlib.pyplot as plt
+    plot_theme(font_scale=0.9)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    w = 0.8 / max(1, len(delta))
+    for i, (model, row) in enumerate(delta.iterrows()):
+        bars = ax.bar(np.arange(len(row)) + i * w - 0.4 + w / 2, row.values * 100, w, label=model)
+        ax.bar_label(bars, fmt="%+.1f", fontsize=6)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(np.arange(len(delta.columns)), delta.columns)
+    top = max(5.0, 1.25 * float(np.nanmax(np.abs(delta.values))) * 100)  # at least ±5 points: no change looks flat
+    ax.set(ylabel=f"score − {base} (points)", title=f"Short-task retention against {base}", ylim=(-top, top))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_benchmarks.ipynb
 def _num(v):
     "A float from lm-eval's result value ('N/A' and None: NaN)."
     return float(v) if isinstance(v, (int, float)) else float("nan")
@@ -202,7 +264,7 @@ def result_rows(model: str, res: dict) -> list[dict]:
     for key, r in res["results"].items():
         meta = res["configs"].get(key, {}).get("metadata", {})
         task, length = meta.get("ruler_task", meta.get("task", key)), meta.get("length")
-        group = "ruler" if task in RULER_YAML else meta.get("group", "")
+        group = "ruler" if task in RULER_YAML else "short" if task in SHORT_METRIC else meta.get("group", "")
         n = res["n-samples"].get(key, {}).get("effective")
         for k, v in r.items():
             if "," not in k or "_stderr" in k: continue
@@ -315,13 +377,14 @@ def lm_for(gen, max_length: int, batch_size: int = 1):
     return HFLM(pretrained=gen.model, tokenizer=gen.tok, max_length=max_length, batch_size=batch_size,
                 device=str(gen.device))
 
-def evaluate_model(gen, configs: list[dict], chat: bool, max_length: int, batch_size: int = 1, seed: int = 0,
-                   limit: int | None = None, lm=None) -> dict:
-    "lm-eval's `simple_evaluate` of task `configs` on a suite generator's model (or lm-eval model `lm`); the result."
+def evaluate_model(gen, configs: list, chat: bool, max_length: int, batch_size: int = 1, seed: int = 0,
+                   limit: int | None = None, num_fewshot: int | None = None, lm=None) -> dict:
+    "lm-eval's `simple_evaluate` of task `configs` (or lm-eval's names) on a suite generator's model; the result."
     from lm_eval.tasks import TaskManager
     lm = lm or lm_for(gen, max_length, batch_size)
     chat = chat or isinstance(gen, EndpointGenerator)  # a chat-completions server takes messages only
-    run = lambda: lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=TaskManager(include_defaults=False),
+    tm = TaskManager(include_defaults=any(isinstance(c, str) for c in configs))  # names: lm-eval's own tasks
+    run = lambda: lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tm, num_fewshot=num_fewshot,
                                          apply_chat_template=chat, bootstrap_iters=1000, log_samples=True,
                                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                          fewshot_random_seed=seed, limit=limit)

@@ -20,7 +20,7 @@ __all__ = ['TASK_TYPES', 'QUESTIONS_PROMPT', 'INSTRUCTION_PROMPT', 'SUMMARY_PROM
            'n_tokens', 'parse_questions', 'parse_instruction', 'check_answer', 'load_pool', 'self_instruct',
            'is_irrelevant', 'agent_instructions', 'summarize', 'agent_records', 'cut_document',
            'backtranslation_records', 'record_text', 'instruction_of', 'long_text', 'filter_candidates', 'funnel',
-           'load_short', 'finish', 'mix', 'jsonl_text', 'length_table', 'plot_lengths']
+           'plot_funnel', 'load_short', 'finish', 'mix', 'jsonl_text', 'length_table', 'plot_lengths']
 
 # %% ../nbs/04_synth.ipynb
 def user(text: str) -> list[dict]:
@@ -306,6 +306,22 @@ def funnel(cands: list[dict]) -> pd.DataFrame:
     final = [len(kept) if m == "total" else int((kept.method == m).sum()) for m in out.index]
     assert out.after_decontamination.tolist() == final, "funnel does not add up: a candidate has an unknown status"
     return out
+
+def plot_funnel(fun: pd.DataFrame, title: str = "What each step kept"):
+    "The funnel as lines: candidates left after each step, one line per method and the total."
+    import matplotlib.pyplot as plt  # plotting libraries load only when a figure is drawn
+    plot_theme(font_scale=0.9)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    x = list(range(len(FUNNEL)))
+    for m, row in fun.iterrows():
+        total = m == "total"
+        ax.plot(x, row[FUNNEL].values, marker="o", lw=2.5 if total else 1.5, color="black" if total else None,
+                label=f"{m} ({row[FUNNEL[-1]]} of {row[FUNNEL[0]]} kept)")
+    ax.set_xticks(x, [s.replace("_", " ") for s in FUNNEL], fontsize=8)
+    ax.set(ylabel="candidates", title=title, ylim=(0, None))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_synth.ipynb
 def load_short(spec: str, docs, n: int, seed: int = 0) -> list[dict]:

@@ -1,6 +1,6 @@
 """Stage 09 on the cpu run: lm-eval's RULER and LongBench on every model, offline, one table, the figures; clear
 lines for what cannot run; a rerun evaluates only the model x task cells not done, and gives the same bytes."""
-import json, os
+import json, os, subprocess, sys
 
 import pandas as pd
 import pytest
@@ -28,14 +28,27 @@ def check_stage(run, p: dict):
         assert (lb.samples == p["longbench_samples"]).all()
         r = json.loads((run / STAGE / "results" / f"{name}.json").read_text())
         assert r["lm_eval_version"] == "0.4.13" and set(r["configs"]) == {f"{a}_{b}" for a, b in want} | set(longbench)
-        assert set(r["keys"]) == set(p["tasks"]) == {f.stem for f in (run / STAGE / "results" / name).iterdir()}
+        assert set(r["keys"]) == set(p["tasks"]) | set(p["short_tasks"])
+        assert set(r["keys"]) == {f.stem for f in (run / STAGE / "results" / name).iterdir()}
         lines = (run / STAGE / "samples" / f"{name}.jsonl").read_text().splitlines()
-        assert len(lines) == len(want) * p["samples_per_cell"] + len(longbench) * p["longbench_samples"]
+        assert len(lines) == (len(want) * p["samples_per_cell"] + len(longbench) * p["longbench_samples"]
+                              + len(p["short_tasks"]) * p["short_samples"])
+        short = t[(t.model == name) & (t.group == "short") & (t.metric == "acc")]
+        assert sorted(short.task) == sorted(p["short_tasks"]) and (short.samples == p["short_samples"]).all()
+        assert short.stderr.gt(0).all()  # 20 questions: a standard error
         assert (run / STAGE / "figures" / f"ruler_{name}.png").exists()
     m = json.loads((run / STAGE / "metrics.json").read_text())
     assert set(m["effective_length"]) == set(p["models"]) and m["lm_eval"] == "0.4.13"
     assert set(m["longbench"]) == set(p["models"])
     assert (run / STAGE / "figures" / "ruler_average.png").exists() and (run / STAGE / "figures" / "longbench.png").exists()
+    # retention: each model's short-task score minus the base model's
+    kept = pd.read_csv(run / STAGE / "tables" / "retention.csv", index_col=0)
+    assert set(kept.index) == set(p["models"]) - {p["retention_base"]} and set(kept.columns) == set(p["short_tasks"])
+    base = t[(t.model == p["retention_base"]) & (t.group == "short") & (t.metric == "acc")].set_index("task").value
+    for name in kept.index:
+        mine = t[(t.model == name) & (t.group == "short") & (t.metric == "acc")].set_index("task").value
+        assert (kept.loc[name] - (mine - base)).abs().max() < 1e-9
+    assert set(m["retention"]) == set(kept.index) and (run / STAGE / "figures" / "retention.png").exists()
     return scored
 
 
@@ -54,16 +67,18 @@ def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(
     run = tmp_path / "r"
     args = ["run", "--stages", "09", "--run-dir", str(run), "-p", f"09.tokenizer={tok}",
             "-p", f"09.models={{a: {{path: {sft}, prompt: chat}}, b: {{path: {sft}, prompt: story}}}}",
-            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, ruler_qa_hotpot, longbench_qasper]"]
+            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, ruler_qa_hotpot, longbench_qasper]",
+            "-p", "09.retention_base=a", "-p", "09.short_samples=4"]
     longctx(*args)
     t = pd.read_csv(run / STAGE / "tables" / "results.csv")
     skip = t[t.task == "ruler_qa_hotpot"]
     assert len(skip) == 2 and skip.value.isna().all() and skip.note.str.contains("ruler_qa.hotpotqa").all()
-    # a run folder without a corpus builds LongBench's fixture from the essays
+    # a run folder without a corpus builds the fixtures from the essays; b's retention is measured against a
     assert (run / STAGE / "longbench_fixture" / "qasper.jsonl").exists()
+    assert list(pd.read_csv(run / STAGE / "tables" / "retention.csv", index_col=0).index) == ["b"]
     # a rerun evaluates only the model x task whose result is gone, and writes the same bytes again
     files = lambda: {str(p.relative_to(run)): p.read_bytes() for p in (run / STAGE).rglob("*")
-                     if p.is_file() and p.parent.name in ("results", "samples", "a", "b", "longbench_fixture")}
+                     if p.is_file() and p.parent.name in ("results", "samples", "a", "b", "longbench_fixture", "short_fixture")}
     first = files()
     (run / STAGE / "results" / "b" / "niah_single_2.json").unlink()
     longctx(*args, "--force")
@@ -71,7 +86,7 @@ def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(
     printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "a: niah_single_2 evaluated earlier" in printed and "b: niah_single_2 evaluated earlier" not in printed
     assert "b: longbench_qasper evaluated earlier" in printed and "b: niah_single_2 at 1024 tokens: evaluated" in printed
-    assert files() == first and len(first) == 13
+    assert files() == first and len(first) == 18
 
 
 @pytest.mark.parametrize("override, says", [
@@ -103,3 +118,18 @@ def test_a_failing_endpoint_gets_one_line_keeps_what_finished_and_never_writes_i
     assert all(json.loads(x)["score"] == 0 for x in (run / STAGE / "samples" / "good.jsonl").read_text().splitlines())
     assert key not in out and not [p for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert good.requests[0]["authorization"] == f"Bearer {key}"
+
+
+def test_ruler_generators_load_without_any_download(tmp_path):
+    code = ("import nltk, urllib.request\n"
+            "def no(*a, **kw): raise AssertionError('a download at run time')\n"
+            "nltk.download = urllib.request.urlopen = no\n"
+            "from transformers import AutoTokenizer\n"
+            "from longctx_nb.benchmarks import ruler_samples\n"
+            "from longctx_nb.models import registry_path\n"
+            "tok = AutoTokenizer.from_pretrained(registry_path('smollm2-135m-instruct', progress=False))\n"
+            "print(len(ruler_samples('niah_single_2', tok, 1024, 1)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "NLTK_DATA": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr[-2000:]
+    assert "punkt" not in r.stdout + r.stderr
