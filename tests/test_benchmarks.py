@@ -27,7 +27,8 @@ def check_stage(run, p: dict):
         assert sorted(lb.task) == sorted(longbench) and lb.length.isna().all() and lb.value.between(0, 1).all()
         assert (lb.samples == p["longbench_samples"]).all()
         r = json.loads((run / STAGE / "results" / f"{name}.json").read_text())
-        assert r["lm_eval_version"] == "0.4.13" and set(r["configs"]) == {f"{a}_{b}" for a, b in want} | set(longbench)
+        assert r["lm_eval_version"] == "0.4.13" and set(r["configs"]) == ({f"{a}_{b}" for a, b in want} | set(longbench)
+                                                    | set(p["short_tasks"]))
         assert set(r["keys"]) == set(p["tasks"]) | set(p["short_tasks"])
         assert set(r["keys"]) == {f.stem for f in (run / STAGE / "results" / name).iterdir()}
         lines = (run / STAGE / "samples" / f"{name}.jsonl").read_text().splitlines()
