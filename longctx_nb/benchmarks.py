@@ -236,17 +236,22 @@ def retention(table: pd.DataFrame, base: str) -> pd.DataFrame:
         raise ValueError(f"retention_base {base!r} has no short-task scores; models with them: {sorted(scores.index)}")
     return (scores - scores.loc[base]).drop(index=base)
 
-def plot_retention(delta: pd.DataFrame, base: str):
-    "Short-task retention as bars: each model's score minus the base model's, in points, per task."
-    import matplotlib.pyplot as plt
+def _model_bars(frame: pd.DataFrame, fmt: str):
+    "A figure of grouped bars: one group per column of `frame` (values 0-1, drawn in points), one bar per model."
+    import matplotlib.pyplot as plt  # loads only when a figure is drawn
     plot_theme(font_scale=0.9)
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    w = 0.8 / max(1, len(delta))
-    for i, (model, row) in enumerate(delta.iterrows()):
+    w = 0.8 / max(1, len(frame))
+    for i, (model, row) in enumerate(frame.iterrows()):
         bars = ax.bar(np.arange(len(row)) + i * w - 0.4 + w / 2, row.values * 100, w, label=model)
-        ax.bar_label(bars, fmt="%+.1f", fontsize=6)
+        ax.bar_label(bars, fmt=fmt, fontsize=6)
+    ax.set_xticks(np.arange(len(frame.columns)), frame.columns)
+    return fig, ax
+
+def plot_retention(delta: pd.DataFrame, base: str):
+    "Short-task retention as bars: each model's score minus the base model's, in points, per task."
+    fig, ax = _model_bars(delta, "%+.1f")
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(np.arange(len(delta.columns)), delta.columns)
     top = max(5.0, 1.25 * float(np.nanmax(np.abs(delta.values))) * 100)  # at least ±5 points: no change looks flat
     ax.set(ylabel=f"score − {base} (points)", title=f"Short-task retention against {base}", ylim=(-top, top))
     ax.legend(fontsize=7)
@@ -337,14 +342,7 @@ def longbench_groups(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot_longbench(groups: pd.DataFrame, title: str = "LongBench by LongAlign's groups"):
     "Each model's LongBench group means as bars, one group of bars per LongAlign group."
-    import matplotlib.pyplot as plt
-    plot_theme(font_scale=0.9)
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    w = 0.8 / max(1, len(groups))
-    for i, (model, row) in enumerate(groups.iterrows()):
-        bars = ax.bar(np.arange(len(row)) + i * w - 0.4 + w / 2, row.values * 100, w, label=model)
-        ax.bar_label(bars, fmt="%.0f", fontsize=6)
-    ax.set_xticks(np.arange(len(groups.columns)), groups.columns)
+    fig, ax = _model_bars(groups, "%.0f")
     ax.set(ylabel="score (%)", title=title, ylim=(0, 105))
     ax.legend(fontsize=7)
     fig.tight_layout()
