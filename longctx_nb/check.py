@@ -15,8 +15,8 @@ from .parallel import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0
 __all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'READ_TOKENS_PER_S', 'TEXT_BYTES_PER_TOKEN', 'PACKED',
-           'NODE_HOURS', 'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config', 'model_shape', 'Finding',
-           'stale_sequences', 'corpus_tokens', 'CheckReport', 'check_stages']
+           'NODE_HOURS', 'KNOWN_CORPORA', 'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config',
+           'model_shape', 'Finding', 'stale_sequences', 'corpus_tokens', 'CheckReport', 'check_stages']
 
 # %% ../nbs/00i_check.ipynb
 def _strategies(p): return p.get("strategies") or []
@@ -211,13 +211,19 @@ READ_TOKENS_PER_S = 4.4e5  # stages 01-02: corpus tokens read and tokenized per 
 TEXT_BYTES_PER_TOKEN = 4.0  # bytes of English web text per BPE token (Llama-2's tokenizer on SlimPajama: about 4)
 PACKED = {".zst": 3.5, ".gz": 3.0}  # text bytes per file byte of compressed JSONL shards (typical, not measured here)
 NODE_HOURS = 7 * 24  # the time limit slurm/longctx_suite.sbatch asks for
+# corpora whose size is published, for a spec naming one whose files are not on this machine (a login node, a laptop)
+KNOWN_CORPORA = {"slimpajama": (627e9, "SlimPajama-627B's published size")}
 
 def corpus_tokens(spec) -> tuple[float | None, str]:
     "A corpus' tokens estimated from its files' sizes, and what that rests on (None: its files are not here)."
     if spec == "sample": return None, "the embedded sample corpus (minutes)"
-    if isinstance(spec, str) and spec.startswith("hf:"): return None, f"{spec} streams from the hub: size unknown here"
+    known = next((v for k, v in KNOWN_CORPORA.items() if k in str(spec).lower()), None)
+    if isinstance(spec, str) and spec.startswith("hf:"):
+        return known or (None, f"{spec} streams from the hub: size unknown here")
     try: files = corpus_files(spec)
-    except OSError as e: return None, f"corpus files not on this machine ({e})"
+    except OSError as e:
+        return (known[0], f"files not on this machine: {known[1]}") if known else \
+            (None, f"corpus files not on this machine ({e})")
     text = sum(f.stat().st_size * PACKED.get("".join(f.suffixes[-1:]), 1.0) for f in files)
     return text / TEXT_BYTES_PER_TOKEN, f"{len(files)} file(s), about {_si(text)}B of text"
 

@@ -176,4 +176,8 @@ def test_check_prints_the_hours_and_disk_of_stages_01_02_from_the_corpus_files(t
         in big.stderr
     gone = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"),
                    env={k: v for k, v in os.environ.items() if k != "SLIMPAJAMA"})
-    assert "corpus files not on this machine" in gone.stdout
+    # without the files (a login node): SlimPajama's published size, 627B tokens, and its 1.25 TB token store
+    rows = {line.split()[0]: line for line in gone.stdout.splitlines()[1:]}
+    assert "reads about 627.0 G tokens (files not on this machine: SlimPajama-627B's published size)" \
+        in rows["01_mixture"], gone.stdout
+    assert "disk about 1.3 TB (token store + sequences)" in rows["02_upsample"], gone.stdout
