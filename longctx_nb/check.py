@@ -8,15 +8,15 @@ import json, shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import corpus_files
+from .corpus import PACKED, TEXT_BYTES_PER_TOKEN, corpus_files, est_tokens
 from .core import RUN_MODELS, SEQ_INDEX, SEQ_STALE, SFT_LONG, SFT_MIX, RunDir, check_parameter, read_json, cache_dir
 from .models import REGISTRY, HF_ID
 from .parallel import SHAPES, Shape, Layout, plan_memory
 
 # %% auto 0
-__all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'READ_TOKENS_PER_S', 'TEXT_BYTES_PER_TOKEN', 'PACKED',
-           'NODE_HOURS', 'KNOWN_CORPORA', 'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config',
-           'model_shape', 'Finding', 'stale_sequences', 'corpus_tokens', 'CheckReport', 'check_stages']
+__all__ = ['LAYOUT', 'STAGE_IO', 'MODEL_KEYS', 'NOT_MODELS', 'GiB', 'READ_TOKENS_PER_S', 'NODE_HOURS', 'KNOWN_CORPORA',
+           'CONTRACTS', 'model_names', 'model_problem', 'shape_from_config', 'model_shape', 'Finding',
+           'stale_sequences', 'corpus_tokens', 'CheckReport', 'check_stages']
 
 # %% ../nbs/00i_check.ipynb
 def _strategies(p): return p.get("strategies") or []
@@ -208,8 +208,6 @@ def _contract_06(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
 READ_TOKENS_PER_S = 4.4e5  # stages 01-02: corpus tokens read and tokenized per second by one process, as stage 02
 # measured it (metrics' tokenize_tokens_per_s: 440K) in a cpu run on a 2-core AMD EPYC (AVX2), the run's 8K BPE;
 # stage 01's counting pass measured 474K. bench/bench_upsample.py measures it on any machine.
-TEXT_BYTES_PER_TOKEN = 4.0  # bytes of English web text per BPE token (Llama-2's tokenizer on SlimPajama: about 4)
-PACKED = {".zst": 3.5, ".gz": 3.0}  # text bytes per file byte of compressed JSONL shards (typical, not measured here)
 NODE_HOURS = 7 * 24  # the time limit slurm/longctx_suite.sbatch asks for
 # corpora whose size is published, for a spec naming one whose files are not on this machine (a login node, a laptop)
 KNOWN_CORPORA = {"slimpajama": (627e9, "SlimPajama-627B's published size")}
@@ -224,8 +222,8 @@ def corpus_tokens(spec) -> tuple[float | None, str]:
     except OSError as e:
         return (known[0], f"files not on this machine: {known[1]}") if known else \
             (None, f"corpus files not on this machine ({e})")
-    text = sum(f.stat().st_size * PACKED.get("".join(f.suffixes[-1:]), 1.0) for f in files)
-    return text / TEXT_BYTES_PER_TOKEN, f"{len(files)} file(s), about {_si(text)}B of text"
+    n = sum(est_tokens(f) for f in files)
+    return n, f"{len(files)} file(s), about {_si(n * TEXT_BYTES_PER_TOKEN)}B of text"
 
 def _free_bytes(run_root) -> int | None:
     "Free disk where the run folder is (or would be created)."
@@ -245,6 +243,9 @@ def _contract_data(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
     first = ctx["params"].get("01", {})
     n, why = corpus_tokens(first.get("corpus", "sample"))
     if n is None: return [], why
+    pool = first.get("pool_tokens")
+    if pool and pool < n:
+        n, why = float(pool), f"stage 01's pool_tokens, {pool / n:.1%} of the corpus's {_si(n)}: {why}"
     procs = max(1, int(p.get("num_proc") or 1))
     hours = n / (READ_TOKENS_PER_S * procs) / 3600
     est = f"reads about {_si(n)} tokens ({why}): about {_hours(hours)} on {procs} process(es)"
@@ -253,6 +254,10 @@ def _contract_data(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
         out.append(Finding(sid, "num_proc", f"reading about {_si(n)} tokens takes about {hours:,.0f} h on {procs} "
                            f"process(es), more than the {NODE_HOURS} h the Slurm script asks for", error=False))
     if sid.startswith("02"):
+        budget = int(p.get("token_budget") or 0)
+        if pool and pool < budget:
+            out.append(Finding(sid, "token_budget", f"each strategy samples {_si(budget)} tokens from stage 01's pool "
+                               f"of {_si(pool)} (pool_tokens): documents repeat; raise pool_tokens", error=False))
         per_id = 2 if int(first.get("vocab_size") or 0) <= 65536 else 4
         disk = n * per_id + len(p.get("strategies") or []) * int(p.get("token_budget") or 0) * per_id
         est += f"; disk about {_si(disk)}B (token store + sequences)"

@@ -18,9 +18,9 @@ from .core import (DOMAINS, SLIMPAJAMA_MIX, SHORT, domain_name, stable_uniform, 
 from .sources import SOURCES, get_source
 
 # %% auto 0
-__all__ = ['CORPUS_SUFFIXES', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog', 'record_to_doc', 'iter_jsonl',
-           'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs', 'doc_record', 'write_shards',
-           'split_validation', 'build_sample_corpus']
+__all__ = ['CORPUS_SUFFIXES', 'TEXT_BYTES_PER_TOKEN', 'PACKED', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog',
+           'record_to_doc', 'iter_jsonl', 'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs',
+           'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation', 'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -205,6 +205,34 @@ def iter_docs(spec, on_error="raise", log: ErrorLog | None = None) -> Iterator[D
         return
     for p in corpus_files(spec):
         yield from (iter_parquet if p.suffix == ".parquet" else iter_jsonl)(p, on_error, log)
+
+# %% ../nbs/00b_corpus.ipynb
+TEXT_BYTES_PER_TOKEN = 4.0  # bytes of English web text per BPE token (Llama-2's tokenizer on SlimPajama: about 4)
+PACKED = {".zst": 3.5, ".gz": 3.0}  # text bytes per file byte of compressed JSONL shards (typical, not measured here)
+
+def est_tokens(path) -> float:
+    "A corpus file's tokens, estimated from its size (a compressed shard by a typical ratio)."
+    p = Path(path)
+    return p.stat().st_size * PACKED.get(p.suffix, 1.0) / TEXT_BYTES_PER_TOKEN
+
+def pool_files(spec, pool_tokens: float, seed: int = 0) -> tuple[list[Path], dict]:
+    "Whole shards adding up to about `pool_tokens` tokens, seeded and spread over the corpus's folders; and a summary."
+    files = corpus_files(spec)
+    by_dir = defaultdict(list)
+    for f in files: by_dir[f.parent].append(f)
+    turns = []  # (position within its folder, folder, file): a folder of n shards takes a turn every 1/n
+    for d, fs in sorted(by_dir.items()):
+        fs = sorted(fs, key=lambda f: stable_hash(seed, "pool", f.name))
+        turns += [((i + 0.5) / len(fs), str(d), f) for i, f in enumerate(fs)]
+    chosen, tokens = [], 0.0
+    for _, _, f in sorted(turns):
+        if tokens >= pool_tokens: break
+        chosen.append(f)
+        tokens += est_tokens(f)
+    total = sum(est_tokens(f) for f in files)
+    return sorted(chosen), {"pool_tokens": pool_tokens, "seed": seed, "files": len(chosen), "of_files": len(files),
+                            "est_tokens": round(tokens), "est_corpus_tokens": round(total),
+                            "fraction": round(tokens / total, 6) if total else 1.0}
 
 # %% ../nbs/00b_corpus.ipynb
 def doc_record(text: str, domain: str, **meta) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .core import DOMAINS, SLIMPAJAMA_MIX, SHORT, RunDir, save_figure, write_json, read_json, plot_theme
-from .corpus import ErrorLog, iter_docs, corpus_files
+from .corpus import ErrorLog, iter_docs, corpus_files, pool_files
 from .tokenizer import token_counts, load_tokenizer
 
 # %% auto 0

@@ -22,20 +22,26 @@ from .tokenizer import load_tokenizer, encode_pieces
 from .batching import SequenceDataset
 
 # %% auto 0
-__all__ = ['DOC_DTYPE', 'TokenStore', 'build_token_store', 'domain_profile', 'strategy_targets', 'plan_sample', 'realised',
-           'write_sequences', 'mark_stale', 'plot_strategies']
+__all__ = ['DOC_DTYPE', 'part_names', 'TokenStore', 'build_token_store', 'domain_profile', 'strategy_targets', 'plan_sample',
+           'realised', 'write_sequences', 'mark_stale', 'plot_strategies']
 
 # %% ../nbs/02_upsample.ipynb
 DOC_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i4"), ("domain", "<i1")])
 
 def _id_dtype(vocab_size: int): return np.uint16 if vocab_size <= 65536 else np.uint32  # the smallest that holds ids
 
-def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64):
-    "Tokenize one corpus file into `out_dir/<name>.{bin,docs.npy}` (atomic); returns its error counts."
+def part_names(files) -> list[str]:
+    "Each corpus file's token-store part: its path below the files' common folder, with `/` as `__` and `.` as `_`."
+    files = [Path(f) for f in files]
+    root = os.path.commonpath([str(f.parent) for f in files]) if files else ""
+    return [os.path.relpath(f, root).replace(os.sep, "__").replace(".", "_") for f in files]
+
+def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64, stem=None):
+    "Tokenize one corpus file into `out_dir/<stem>.{bin,docs.npy}` (atomic); returns its error counts."
     tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path  # a path (worker) or a tokenizer
     dt = _id_dtype(len(tok))
     out_dir = Path(out_dir)
-    stem = Path(path).name.replace(".", "_")
+    stem = stem or part_names([path])[0]
     if (out_dir / f"{stem}.docs.npy").exists(): return {}
     log, docs, off, batch = ErrorLog(), [], 0, []
     with atomic_path(out_dir / f"{stem}.bin") as tb, open(tb, "wb") as f:
@@ -95,7 +101,7 @@ def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", pro
     tok_key = path_key(tok_path) if Path(tok_path).is_dir() else str(tok_path)
     meta = {"source": [str(f) for f in files], "tokenizer": str(tok_path),
             "dtype": np.dtype(_id_dtype(len(tok))).name, "eos_id": tok.eos_token_id, "vocab_size": len(tok),
-            "parts": [f.name.replace(".", "_") for f in files],
+            "parts": part_names(files),  # SlimPajama's chunk folders repeat file names
             "key": stable_key(corpus_key(files), tok_key, on_error)}  # what the tokens depend on, not where it lies
     old = read_json(out_dir / "meta.json")
     if old and old.get("key") == meta["key"] and old.get("parts") == meta["parts"]: return TokenStore(out_dir)
@@ -110,12 +116,13 @@ def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", pro
         # the module's own worker: a function defined in a notebook kernel cannot be pickled into spawned processes
         _self = importlib.import_module("longctx_nb.upsample")
         with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(_self._tokenize_file, f, out_dir, str(tok_path), on_error) for f in files]
+            futs = [ex.submit(_self._tokenize_file, f, out_dir, str(tok_path), on_error, stem=s)
+                    for f, s in zip(files, meta["parts"])]
             for fu in tqdm(futs, desc="tokenizing files", disable=not progress):
                 for k, v in fu.result().items(): errors[k] += v
     else:
-        for f in tqdm(files, desc="tokenizing files", disable=not progress):
-            for k, v in _tokenize_file(f, out_dir, tok, on_error).items(): errors[k] += v
+        for f, s in tqdm(list(zip(files, meta["parts"])), desc="tokenizing files", disable=not progress):
+            for k, v in _tokenize_file(f, out_dir, tok, on_error, stem=s).items(): errors[k] += v
     st_docs = [np.load(out_dir / f"{p}.docs.npy") for p in meta["parts"]]
     meta.update(n_docs=int(sum(len(d) for d in st_docs)), n_tokens=int(sum(d["length"].sum() for d in st_docs)),
                 errors=dict(errors))

@@ -176,8 +176,15 @@ def test_check_prints_the_hours_and_disk_of_stages_01_02_from_the_corpus_files(t
         in big.stderr
     gone = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"),
                    env={k: v for k, v in os.environ.items() if k != "SLIMPAJAMA"})
-    # without the files (a login node): SlimPajama's published size, 627B tokens, and its 1.25 TB token store
+    # without the files (a login node): SlimPajama's published size, 627B tokens, of which the profile's pool reads 20B
     rows = {line.split()[0]: line for line in gone.stdout.splitlines()[1:]}
-    assert "reads about 627.0 G tokens (files not on this machine: SlimPajama-627B's published size)" \
-        in rows["01_mixture"], gone.stdout
-    assert "disk about 1.3 TB (token store + sequences)" in rows["02_upsample"], gone.stdout
+    assert "reads about 20.0 G tokens (stage 01's pool_tokens, 3.2% of the corpus's 627.0 G: files not on this " \
+        "machine: SlimPajama-627B's published size)" in rows["01_mixture"], gone.stdout
+    assert "disk about 80.0 GB (token store + sequences)" in rows["02_upsample"], gone.stdout
+    whole = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"), "-p", "01.pool_tokens=null",
+                    env={k: v for k, v in os.environ.items() if k != "SLIMPAJAMA"})
+    assert "disk about 1.3 TB (token store + sequences)" in whole.stdout, whole.stdout  # the whole corpus tokenized
+    small = longctx("check", "--profile", "gpu", "--run-dir", str(tmp_path / "r"), "-p", "01.pool_tokens=1000000000",
+                    env={k: v for k, v in os.environ.items() if k != "SLIMPAJAMA"})
+    assert "from stage 01's pool of 1.0 G (pool_tokens): documents repeat; raise pool_tokens" in small.stderr, \
+        small.stderr

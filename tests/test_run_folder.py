@@ -267,6 +267,29 @@ def test_user_corpus_without_validation_runs_01_02_and_an_edit_redoes_both(tmp_p
     assert keys()[0] != k1[0] and keys()[1] != k1[1]
 
 
+def test_a_pool_of_shards_is_what_stages_01_02_read_and_say_they_read(tmp_path):
+    "SlimPajama's layout (chunk folders repeating file names): stage 01 picks half the shards, 02 tokenizes those alone."
+    sp, val = tmp_path / "SlimPajama" / "train", tmp_path / "val.jsonl"
+    for c in ("chunk1", "chunk2"):
+        for k in range(4):  # equal shards: the same bytes of text, other words
+            (sp / c).mkdir(parents=True, exist_ok=True)
+            _user_corpus(sp / c / f"example_train_{k}.jsonl", {"RedPajamaBook": 3 + k % 2, "RedPajamaC4": 4 - k % 2})
+    _user_corpus(val, {"RedPajamaBook": 2, "RedPajamaC4": 2})
+    half = sum(f.stat().st_size for f in sp.rglob("*.jsonl")) / 4 / 2  # the estimated tokens of 4 of the 8 shards
+    rd = tmp_path / "r"
+    longctx("run", "--run-dir", str(rd), "--stages", "01,02", "-p", f"01.corpus={sp}", "-p", f"01.validation={val}",
+            "-p", "01.vocab_size=300", "-p", f"01.pool_tokens={half * 0.99}", "-p", "02.token_budget=20000",
+            "-p", "02.threshold=100", "-p", "02.seq_len=64", "-p", "02.strategies=[original]")
+    train = json.loads((rd / "data.json").read_text())["train"]
+    assert len(train) == 4 and sorted(Path(f).parent.name for f in train) == ["chunk1", "chunk1", "chunk2", "chunk2"]
+    pool = json.loads((rd / "01_mixture" / "metrics.json").read_text())["pool"]
+    assert (pool["files"], pool["of_files"], pool["fraction"]) == (4, 8, 0.5)
+    docs = sum(sum(1 for _ in open(f)) for f in train)
+    meta = json.loads((rd / "tokens" / "train" / "meta.json").read_text())
+    assert meta["n_docs"] == docs == pool["docs_read"] and len(set(meta["parts"])) == 4  # same names, four parts
+    assert meta["n_tokens"] == pool["tokens_read"]
+
+
 def test_one_huge_document_through_01_02_in_bounded_memory(tmp_path):
     "Counting and storing the tokens of one long document streams it in slices (before: ~100 bytes of RAM per char)."
     rng = np.random.default_rng(0)
