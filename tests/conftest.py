@@ -2,6 +2,7 @@
 import json, shutil, subprocess, sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,14 @@ def copy_stages_01_02(run_dir, dest):
     shutil.copytree(run_dir, dest, ignore=lambda d, names: [n for n in names
                                                            if Path(d) == run_dir and n not in STAGES_01_02])
     return Path(dest)
+
+
+def stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
+    "A tiny stage notebook for tests that point the runner at their own stages (LONGCTX_NBS): parameters, then `body`."
+    kernel = {"name": "python3", "display_name": "python3", "language": "python"}
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
+    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
 
 
 def manifest(run_dir):

@@ -2,7 +2,6 @@
 import contextlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -10,7 +9,7 @@ from transformers import TrainerCallback
 
 import longctx_nb.longbench_chat as lb
 import longctx_nb.upsample as up
-from conftest import ROOT, LONGCTX, CPU_ARGS, copy_stages_01_02, longctx, manifest
+from conftest import ROOT, LONGCTX, CPU_ARGS, copy_stages_01_02, longctx, manifest, stage_nb
 from longctx_nb.core import read_jsonl, append_jsonl
 from longctx_nb.corpus import doc_record, write_shards
 from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
@@ -157,13 +156,6 @@ def test_retraining_with_other_settings_keeps_the_finished_model_until_done(tmp_
 
 # ---- the runner: typed parameters, one run per folder, upstream first, clear errors, user corpora ----
 
-def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
-    kernel = {"name": "python3", "display_name": "python3", "language": "python"}
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
-    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-
-
 @pytest.mark.parametrize("override, says", [
     ("02.seq_len=abc", "stage 02_upsample: seq_len: 02.seq_len='abc' is a string; expected an integer"),
     ("02.seq_len=-5", "stage 02_upsample: seq_len: 02.seq_len=-5: must be at least 2"),
@@ -203,7 +195,7 @@ def test_second_run_into_the_same_folder_refuses(tmp_path):
     nbs.mkdir()
     prof.write_text("{}\n")
     wait = f"import time, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)"
-    _stage_nb(nbs / "01_wait.ipynb", wait)
+    stage_nb(nbs / "01_wait.ipynb", wait)
     env = {**os.environ, "LONGCTX_NBS": str(nbs)}
     cmd = ["run", "--profile", str(prof), "--run-dir", str(rd)]
     first = subprocess.Popen([*LONGCTX, *cmd], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -222,8 +214,8 @@ def test_second_run_into_the_same_folder_refuses(tmp_path):
 def test_stage_refuses_to_read_an_unfinished_upstream(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _stage_nb(nbs / "01_up.ipynb", "raise KeyboardInterrupt('killed')")
-    _stage_nb(nbs / "02_down.ipynb", "from pathlib import Path\nPath(run_dir, 'down').write_text('ran')")
+    stage_nb(nbs / "01_up.ipynb", "raise KeyboardInterrupt('killed')")
+    stage_nb(nbs / "02_down.ipynb", "from pathlib import Path\nPath(run_dir, 'down').write_text('ran')")
     with pytest.raises(UpstreamIncomplete, match="02_down reads the outputs of 01_up, which never ran here"):
         run({}, stages="02", run_dir=tmp_path / "run", nbs=nbs, progress=False)
     with pytest.raises(StageFailed): run({}, stages="01", run_dir=tmp_path / "run", nbs=nbs, progress=False)
@@ -353,8 +345,8 @@ def test_ctrl_c_ends_the_run_in_one_line_marks_the_stage_and_the_next_run_resume
     nbs, go, rd, prof = tmp_path / "nbs", tmp_path / "go", tmp_path / "run", tmp_path / "p.yaml"
     nbs.mkdir()
     prof.write_text("{}\n")
-    _stage_nb(nbs / "01_done.ipynb", "from pathlib import Path\nPath(run_dir, 'done').write_text('1')")
-    _stage_nb(nbs / "02_wait.ipynb", f"import time, pathlib\npathlib.Path(run_dir, 'started').write_text('1')\n"
+    stage_nb(nbs / "01_done.ipynb", "from pathlib import Path\nPath(run_dir, 'done').write_text('1')")
+    stage_nb(nbs / "02_wait.ipynb", f"import time, pathlib\npathlib.Path(run_dir, 'started').write_text('1')\n"
                                      f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)")
     env = {**os.environ, "LONGCTX_NBS": str(nbs)}
     cmd = ["run", "--profile", str(prof), "--run-dir", str(rd)]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import nbformat, psutil, pytest
 
-from conftest import ROOT, LONGCTX, CPU_ARGS, longctx, manifest
+from conftest import ROOT, LONGCTX, CPU_ARGS, longctx, manifest, stage_nb
 from longctx_nb.core import SLIMPAJAMA_MIX, SHORT
 from longctx_nb.runner import run, StageFailed, fingerprint, notebook_code_hash
 from longctx_nb.sources import read_stdlib
@@ -68,19 +68,12 @@ def test_unknown_parameter_is_an_error(tmp_path):
     assert r.returncode == 1 and "unknown parameter 'seeed'" in r.stderr
 
 
-def _stage_nb(path, body, params="run_dir = 'x'\nn = 1"):
-    kernel = {"name": "python3", "display_name": "python3", "language": "python"}
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
-    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-
-
 def test_failing_stage_stops_the_run_and_names_the_cell(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _stage_nb(nbs / "01_ok.ipynb", "from pathlib import Path; Path(run_dir, 'ok').write_text(str(n))")
-    _stage_nb(nbs / "02_boom.ipynb", "x = 1\nraise ValueError(f'bad value n={n}')")
-    _stage_nb(nbs / "03_after.ipynb", "from pathlib import Path; Path(run_dir, 'after').write_text('ran')")
+    stage_nb(nbs / "01_ok.ipynb", "from pathlib import Path; Path(run_dir, 'ok').write_text(str(n))")
+    stage_nb(nbs / "02_boom.ipynb", "x = 1\nraise ValueError(f'bad value n={n}')")
+    stage_nb(nbs / "03_after.ipynb", "from pathlib import Path; Path(run_dir, 'after').write_text('ran')")
     with pytest.raises(StageFailed) as e:
         run({"n": 7}, run_dir=tmp_path / "run", nbs=nbs, progress=False)
     assert "02_boom" in str(e.value) and "ValueError: bad value n=7" in str(e.value)
@@ -88,7 +81,7 @@ def test_failing_stage_stops_the_run_and_names_the_cell(tmp_path):
     assert st["01_ok"]["status"] == "completed" and st["02_boom"]["status"] == "failed" and "03_after" not in st
     assert (tmp_path / "run" / "02_boom" / "02_boom.ipynb").exists() and not (tmp_path / "run" / "after").exists()
     # fixed, the rerun skips the completed stage and goes on
-    _stage_nb(nbs / "02_boom.ipynb", "x = 1")
+    stage_nb(nbs / "02_boom.ipynb", "x = 1")
     run({"n": 7}, run_dir=tmp_path / "run", nbs=nbs, progress=False)
     man = manifest(tmp_path / "run")
     assert man["runs"][-1]["skipped"] == ["01_ok"] and man["stages"]["03_after"]["status"] == "completed"

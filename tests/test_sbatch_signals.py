@@ -5,10 +5,9 @@ its arguments; tests/test_slurm.py runs the same script under a real Slurm (`mak
 import contextlib, os, signal, subprocess, sys, time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from conftest import ROOT, manifest
+from conftest import ROOT, manifest, stage_nb
 
 SUITE = ROOT / "slurm" / "longctx_suite.sbatch"
 
@@ -20,23 +19,14 @@ def _kill_naming(text: str):
             if text in d.joinpath("cmdline").read_bytes().decode(errors="replace"): os.kill(int(d.name), signal.SIGKILL)
 
 
-def _stage_nb(path: Path, body: str):
-    "A stage notebook: a parameters cell, then `body`."
-    kernel = {"name": "python3", "display_name": "python3", "language": "python"}
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernel})
-    nb.cells = [nbformat.v4.new_code_cell("run_dir = 'x'", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
 def test_a_stop_signal_stops_the_stage_requeues_and_the_next_attempt_resumes(tmp_path, sig):
     nbs, go, rd, prof, bin_ = (tmp_path / n for n in ("nbs", "go", "run", "p.yaml", "bin"))
     nbs.mkdir()
     bin_.mkdir()
     prof.write_text("{}\n")
-    _stage_nb(nbs / "01_done.ipynb", "from pathlib import Path\nPath(run_dir, 'done').write_text('1')")
-    _stage_nb(nbs / "02_wait.ipynb", f"import time, pathlib\npathlib.Path(run_dir, 'started').write_text('1')\n"
+    stage_nb(nbs / "01_done.ipynb", "from pathlib import Path\nPath(run_dir, 'done').write_text('1')")
+    stage_nb(nbs / "02_wait.ipynb", f"import time, pathlib\npathlib.Path(run_dir, 'started').write_text('1')\n"
                                      f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)")
     calls = tmp_path / "scontrol.calls"
     (bin_ / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
