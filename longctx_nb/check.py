@@ -252,7 +252,8 @@ def _contract_data(sid: str, p: dict, ctx: dict) -> tuple[list, str]:
     out = []
     if hours > NODE_HOURS:
         out.append(Finding(sid, "num_proc", f"reading about {_si(n)} tokens takes about {hours:,.0f} h on {procs} "
-                           f"process(es), more than the {NODE_HOURS} h the Slurm script asks for", error=False))
+                           f"process(es), more than the {NODE_HOURS} h the Slurm script asks for; spread it over an "
+                           "array (slurm/longctx_data.sbatch) or read a pool (01.pool_tokens)", error=False))
     if sid.startswith("02"):
         budget = int(p.get("token_budget") or 0)
         if pool and pool < budget:

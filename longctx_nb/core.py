@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, copy, hashlib, json, os, random, shutil, subprocess, sys, tempfile, time
+import contextlib, copy, fcntl, hashlib, json, os, random, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +16,7 @@ __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'STRAT
            'TRAIN_RULES', 'RULER_TASKS', 'LONGBENCH_TASKS', 'MODEL_RULES', 'PARAM_RULES', 'RUN_MODELS', 'FINAL',
            'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
            'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir',
-           'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
+           'file_lock', 'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
            'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
            'resolve_parameters', 'param_rule', 'spec_rule', 'check_parameter', 'check_parameters', 'RunDir',
            'save_figure', 'plot_theme', 'package_versions', 'git_commit']
@@ -120,6 +120,16 @@ def swap_dir(new, dest) -> Path:
     os.replace(new, dest)
     if old.exists(): shutil.rmtree(old)
     return dest
+
+@contextlib.contextmanager
+def file_lock(path) -> Iterator[Path]:
+    "Hold an exclusive lock on `path` (created when missing) for the block; one process at a time, freed if it dies."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # blocks while another process holds it; the kernel frees it with its holder
+        try: yield path
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb
 class JsonlRecords(list):
@@ -573,6 +583,11 @@ class RunDir:
         return self.root / "data.json"
 
     @property
+    def data_lock(self) -> Path:
+        "The lock an array task holds while it builds what the run's tasks share (stage 01's corpus and tokenizer)."
+        return self.root / ".data.lock"
+
+    @property
     def manifest(self) -> Path:
         "The runner's record of every stage run here."
         return self.root / "manifest.json"
@@ -636,6 +651,16 @@ def _stage_file(run: RunDir, folder: str, name: str) -> Path:
 def figure_path(self: RunDir, name: str) -> Path:
     "A figure of this stage: `<stage>/figures/<name>`."
     return _stage_file(self, "figures", name)
+
+@patch(as_prop=True)
+def parts(self: RunDir) -> Path:
+    "This stage's per-file work, `<stage>/parts/`: one part per corpus shard, written by a run or an array task."
+    return self.stage_dir / "parts"
+
+@patch
+def array_record(self: RunDir, task: int, of: int) -> Path:
+    "What array task `task` of `of` did in this stage: `<stage>/array/task-<task>-of-<of>.json`."
+    return _stage_file(self, "array", f"task-{task}-of-{of}.json")
 
 @patch
 def table_path(self: RunDir, name: str) -> Path:

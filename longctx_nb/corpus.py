@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_corpus.ipynb 2
 from __future__ import annotations
-import bisect, glob, gzip, io, json, warnings
+import bisect, glob, gzip, io, json, os, warnings
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,8 +19,9 @@ from .sources import SOURCES, get_source
 
 # %% auto 0
 __all__ = ['CORPUS_SUFFIXES', 'TEXT_BYTES_PER_TOKEN', 'PACKED', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog',
-           'record_to_doc', 'iter_jsonl', 'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'iter_docs',
-           'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation', 'build_sample_corpus']
+           'record_to_doc', 'iter_jsonl', 'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'part_names',
+           'iter_docs', 'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation',
+           'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -196,6 +197,12 @@ def corpus_key(spec) -> str:
     "Identity of a corpus' content (files by name and `file_key`); `hf:` datasets by name."
     if isinstance(spec, str) and spec.startswith("hf:"): return stable_key(spec)
     return stable_key([(p.name, file_key(p)) for p in corpus_files(spec)])
+
+def part_names(files) -> list[str]:
+    "Each corpus file's part name (stages 01-02's per-file work): its path below the files' common folder, `/` as `__`."
+    files = [Path(f) for f in files]
+    root = os.path.commonpath([str(f.parent) for f in files]) if files else ""
+    return [os.path.relpath(f, root).replace(os.sep, "__").replace(".", "_") for f in files]
 
 def iter_docs(spec, on_error="raise", log: ErrorLog | None = None) -> Iterator[Doc]:
     "Stream `Doc`s from files/folders/globs, or from `hf:<name>[:<split>]`."

@@ -4,22 +4,26 @@
 
 # %% ../nbs/01_mixture.ipynb 2
 from __future__ import annotations
-import math, multiprocessing, os, time
-from collections import defaultdict
+import contextlib, json, math, multiprocessing, os, sys, tempfile, time
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .core import DOMAINS, SLIMPAJAMA_MIX, SHORT, RunDir, save_figure, write_json, read_json, plot_theme
-from .corpus import ErrorLog, iter_docs, corpus_files, pool_files
-from .tokenizer import token_counts, load_tokenizer
+from .core import (DOMAINS, SLIMPAJAMA_MIX, SHORT, RunDir, save_figure, write_json, read_json, plot_theme,
+                             file_key, file_lock, path_key, stable_key)
+from .corpus import (ErrorLog, iter_docs, corpus_files, pool_files, part_names, build_sample_corpus,
+                               corpus_key, split_validation)
+from .models import resolve_model
+from .tokenizer import token_counts, load_tokenizer, train_bpe, sample_texts
 
 # %% auto 0
-__all__ = ['BINS_PER_OCTAVE', 'length_bin', 'bin_upper', 'DomainStats', 'corpus_stats', 'mixture_table', 'plot_domain_mix',
-           'plot_length_cdf', 'plot_length_bands']
+__all__ = ['BINS_PER_OCTAVE', 'PREP_KEYS', 'length_bin', 'bin_upper', 'DomainStats', 'stats_parts', 'merge_parts', 'corpus_stats',
+           'mixture_table', 'plot_domain_mix', 'plot_length_cdf', 'plot_length_bands', 'prepare_data', 'array_task',
+           'array_main']
 
 # %% ../nbs/01_mixture.ipynb
 BINS_PER_OCTAVE = 8
@@ -92,26 +96,69 @@ def _stats_for(spec, tok_path, thresholds, on_error, batch_docs=64, max_docs=Non
     flush()
     return dict(stats), log
 
+def _tok_key(tok) -> str:
+    "What a tokenizer's counts depend on: a folder's contents, a name, or (an object in memory) this process's copy."
+    if not isinstance(tok, (str, Path)): return f"object-{os.getpid()}-{id(tok)}"
+    return path_key(tok) if Path(tok).is_dir() else str(tok)
+
+def _stats_part(path, out, key, tok_path, thresholds, on_error) -> bool:
+    "Count one corpus file into its part `out` (JSON) unless it is there under `key`; whether it counted."
+    if read_json(out, {}).get("key") == key: return False
+    stats, log = _stats_for(path, tok_path, thresholds, on_error, progress=False)
+    write_json(out, {"key": key, "file": str(path), "stats": {d: asdict(s) for d, s in stats.items()},
+                     "errors": {"counts": dict(log.counts), "examples": log.examples}})
+    return True
+
+def stats_parts(files, names, parts_dir, tok_path, thresholds, on_error="raise", num_proc=1,
+                progress=True) -> list[str]:
+    "Count each file into its part `parts_dir/<name>.json`, keeping parts done under the same key; the names counted."
+    thresholds, tk = tuple(thresholds), _tok_key(tok_path)
+    jobs = [(f, Path(parts_dir) / f"{n}.json", stable_key(file_key(f), tk, thresholds, on_error))
+            for f, n in zip(files, names)]
+    todo = [j for j in jobs if read_json(j[1], {}).get("key") != j[2]]
+    if num_proc > 1 and len(todo) > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+        # `_stats_part` is a top-level function of this module, so a spawned worker imports it by name (in the
+        # notebook the name is bound to the exported module's function, see below)
+        work = partial(_stats_part, tok_path=str(tok_path), thresholds=thresholds, on_error=on_error)
+        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(tqdm(ex.map(work, *zip(*todo)), total=len(todo), desc="files", disable=not progress))
+    else:
+        tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path
+        for f, out, key in tqdm(todo, desc="files", disable=not progress or len(todo) < 2):
+            _stats_part(f, out, key, tok, thresholds, on_error)
+    return [out.stem for _, out, _ in todo]
+
+def _load_part(path) -> tuple[dict, ErrorLog]:
+    "One file's statistics and error log, as `_stats_part` wrote them (JSON's string keys made numbers again)."
+    p = read_json(path)
+    ints = lambda m: {int(k): v for k, v in m.items()}
+    stats = {d: DomainStats(**{**s, **{k: ints(s[k]) for k in ("above", "hist_docs", "hist_tokens")}})
+             for d, s in p["stats"].items()}
+    return stats, ErrorLog(Counter(p["errors"]["counts"]), p["errors"]["examples"])
+
+def merge_parts(parts_dir, names) -> tuple[dict, ErrorLog]:
+    "A corpus' statistics from its files' parts, merged in file order: what one pass over the files counts."
+    stats, log = defaultdict(DomainStats), ErrorLog()
+    for n in names:
+        s, l = _load_part(Path(parts_dir) / f"{n}.json")
+        for d, v in s.items(): stats[d].merge(v)
+        log.counts.update(l.counts)
+        log.examples += l.examples[:20 - len(log.examples)]
+    return dict(stats), log
+
 def corpus_stats(spec, tok_path, thresholds=(4096, 32768, 131072), on_error="raise", num_proc=1,
-                 max_docs=None, progress=True) -> tuple[dict, ErrorLog]:
-    "Per-domain `DomainStats` of a corpus and the `ErrorLog` of skipped records."
+                 max_docs=None, progress=True, parts_dir=None) -> tuple[dict, ErrorLog]:
+    "Per-domain `DomainStats` of a corpus and the `ErrorLog` of skipped records (per-file parts in `parts_dir`)."
     thresholds = tuple(thresholds)
-    if num_proc <= 1 or (isinstance(spec, str) and spec.startswith("hf:")) or max_docs:
+    if (isinstance(spec, str) and spec.startswith("hf:")) or max_docs:  # a stream, or a first look: one pass
         return _stats_for(spec, tok_path, thresholds, on_error, max_docs=max_docs, progress=progress)
     files = corpus_files(spec)
-    parts = [files[i::num_proc] for i in range(num_proc)]
-    stats, log = defaultdict(DomainStats), ErrorLog()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    # `_stats_for` is a top-level function of this module, so a spawned worker imports it by name (in the notebook
-    # the name is bound to the exported module's function, see below)
-    work = partial(_stats_for, tok_path=str(tok_path), thresholds=thresholds, on_error=on_error, batch_docs=64,
-                   max_docs=None, progress=False)
-    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as ex:
-        for s, l in ex.map(work, [p for p in parts if p]):
-            for d, v in s.items(): stats[d].merge(v)
-            log.counts.update(l.counts)
-            log.examples += l.examples[:20 - len(log.examples)]
-    return dict(stats), log
+    names = part_names(files)
+    with contextlib.ExitStack() as stack:
+        d = parts_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        stats_parts(files, names, d, tok_path, thresholds, on_error, num_proc, progress)
+        return merge_parts(d, names)
 
 # %% ../nbs/01_mixture.ipynb
 def mixture_table(stats: dict, thresholds=(4096, 32768, 131072)):
@@ -213,3 +260,77 @@ def plot_length_bands(stats, thresholds=(4096, 32768, 131072), ax=None):
     ax.legend(ncol=len(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0), title="document length (tokens)")
     ax.set_title("Each domain's tokens by document length", pad=52)
     return ax.figure
+
+# %% ../nbs/01_mixture.ipynb
+def _run_tokenizer(run: RunDir, tokenizer, train_spec, vocab_size, train_chars, on_error) -> Path:
+    "The run's tokenizer: trained on `train_spec` (kept when trained on the same data and settings), or resolved."
+    if tokenizer != "train": return resolve_model(tokenizer, run.root).path  # a registry name, local folder or HF id
+    tok_path = run.tokenizer
+    key = stable_key(corpus_key(train_spec), vocab_size, train_chars, on_error)
+    if read_json(tok_path / "longctx_key.json", {}).get("key") != key:
+        if tok_path.exists(): print("tokenizer: trained on other data or settings; retraining it")
+        train_bpe(sample_texts(lambda: iter_docs(train_spec, on_error=on_error), train_chars), tok_path,
+                  vocab_size=vocab_size, key=key)
+    return tok_path
+
+def prepare_data(run: RunDir, corpus="sample", validation=None, validation_fraction=0.05, mixture="slimpajama",
+                 tokenizer="train", vocab_size=8192, tokenizer_train_chars=12_000_000, on_error="raise", seed=0,
+                 pool_tokens=None) -> dict:
+    "The run's corpus (or its pool), validation split and tokenizer, each built once, recorded in `data.json`."
+    source, pool, split, manifest, stats = corpus, None, None, None, None
+    if pool_tokens and corpus != "sample":
+        if str(corpus).startswith("hf:"):
+            raise ValueError(f"pool_tokens={pool_tokens}: a pool is made of corpus files, and {corpus} streams from "
+                             "the hub; download its shards and name their folder, or use max_docs")
+        files, pool = pool_files(corpus, pool_tokens, seed=seed)
+        source = [str(f) for f in files]
+        print(f"pool: {pool['files']:,} of {pool['of_files']:,} shards, about {pool['fraction']:.1%} of the corpus's "
+              f"tokens ({pool['est_tokens']:,} of {pool['est_corpus_tokens']:,}, estimated from file sizes)")
+    if corpus == "sample":
+        manifest = build_sample_corpus(run.corpus(), seed=seed, mixture=mixture)
+        train, val = str(run.corpus("train")), str(run.corpus("validation"))
+        print("skipped sources:", manifest["skipped_sources"] or "none")
+    elif validation is None:  # a user corpus alone: hold out a seeded validation split, by document and per domain
+        split = split_validation(source, run.corpus(source="corpus_split"), seed=seed, fraction=validation_fraction,
+                                 on_error=on_error)
+        train, val = str(run.corpus("train", "corpus_split")), str(run.corpus("validation", "corpus_split"))
+        stats = source  # the statistics describe the corpus (or its pool) as given
+        print("held out (train, validation docs):", {SHORT[d]: tuple(c.values()) for d, c in split["docs"].items()})
+    else: train, val = source, validation
+    tok_path = _run_tokenizer(run, tokenizer, train, vocab_size, tokenizer_train_chars, on_error)
+    write_json(run.data_json, {"train": train, "validation": val, "tokenizer": str(tok_path)})
+    return {"train": train, "validation": val, "stats": stats or train, "tokenizer": tok_path, "pool": pool,
+            "split": split, "manifest": manifest}
+
+# %% ../nbs/01_mixture.ipynb
+PREP_KEYS = ("corpus", "validation", "validation_fraction", "mixture", "tokenizer", "vocab_size",
+             "tokenizer_train_chars", "on_error", "seed", "pool_tokens")  # the parameters `prepare_data` takes
+
+def array_task(p: dict, task: int, of: int) -> dict:
+    "Task `task` of `of` of stage 01 with parameters `p`: the run's data (once, locked), then files `task::of` counted."
+    t0 = time.time()
+    if p.get("max_docs") or str(p["corpus"]).startswith("hf:"):
+        raise ValueError(f"stage 01 as an array splits corpus files: corpus={p['corpus']!r}, "
+                         f"max_docs={p.get('max_docs')} are read in one pass; run the stage without --array")
+    run = RunDir(p["run_dir"], stage="01_mixture")
+    with file_lock(run.data_lock): prep = prepare_data(run, **{k: p[k] for k in PREP_KEYS})
+    files = corpus_files(prep["stats"])
+    names = part_names(files)  # from the whole list: a share alone would name its files differently
+    mine = range(task, len(files), of)
+    counted = stats_parts([files[i] for i in mine], [names[i] for i in mine], run.parts, prep["tokenizer"],
+                          p["thresholds"], p["on_error"], p["num_proc"])
+    rec = {"task": task, "of": of, "parts": [names[i] for i in mine], "counted": counted,
+           "seconds": round(time.time() - t0, 1)}
+    write_json(run.array_record(task, of), rec)
+    return rec
+
+def array_main(argv=None) -> int:
+    "`python -m longctx_nb.mixture TASK OF PARAMETERS_JSON`: one array task of stage 01 (`longctx run --array`)."
+    task, of, params = argv or sys.argv[1:]
+    rec = array_task(json.loads(params), int(task), int(of))
+    print(f"01_mixture: array task {task} of {of}: {len(rec['parts'])} file(s), {len(rec['counted'])} counted now, "
+          f"in {rec['seconds']:.0f}s")
+    return 0
+
+# %% ../nbs/01_mixture.ipynb
+if __name__ == "__main__" and "__file__" in globals(): raise SystemExit(array_main())  # not in a notebook kernel

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00d_runner.ipynb 2
 from __future__ import annotations
-import argparse, ast, contextlib, glob, hashlib, json, os, re, shutil, signal, socket, sys, threading, time, traceback
+import argparse, ast, contextlib, glob, hashlib, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,11 +19,11 @@ from .corpus import corpus_key
 from .models import model_main
 
 # %% auto 0
-__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'STOP_SIGNALS', 'nbs_dir', 'stage_notebooks',
-           'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'input_keys', 'RunLocked',
-           'run_lock', 'holds', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check', 'kernel_config',
-           'stage_kernel', 'kill_kernel', 'sweep_leftovers', 'write_provenance', 'publish_figures', 'StageFailed',
-           'noting_sigint', 'skipped_records', 'run', 'main']
+__all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'STOP_SIGNALS', 'ARRAY_STAGES', 'nbs_dir',
+           'stage_notebooks', 'stage_parameters', 'select_stages', 'notebook_code_hash', 'fingerprint', 'input_keys',
+           'RunLocked', 'run_lock', 'holds', 'UpstreamIncomplete', 'check_upstream', 'resolve_stages', 'check',
+           'kernel_config', 'stage_kernel', 'kill_kernel', 'sweep_leftovers', 'write_provenance', 'publish_figures',
+           'StageFailed', 'noting_sigint', 'skipped_records', 'run', 'parse_array', 'run_array', 'main']
 
 # %% ../nbs/00d_runner.ipynb
 def nbs_dir() -> Path:
@@ -392,6 +393,36 @@ def run(profile="cpu", stages=None, run_dir="runs/cpu", params=(), force: bool =
                            log_output)
 
 # %% ../nbs/00d_runner.ipynb
+ARRAY_STAGES = {"01_mixture": "longctx_nb.mixture", "02_upsample": "longctx_nb.upsample"}  # stage -> module of its task
+
+def parse_array(spec: str) -> tuple[int, int]:
+    "`'K/N'` (task K of N, from 0) as `(K, N)`; a clear error for anything else."
+    k, sep, n = str(spec).partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
+        raise ValueError(f"--array {spec!r}: expected TASK/TASKS with 0 <= TASK < TASKS, e.g. 3/16 "
+                         "(Slurm: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT for an array submitted as 0-15)")
+    return int(k), int(n)
+
+def run_array(profile="cpu", stages=None, run_dir="runs/cpu", params=(), array="0/1", nbs=None) -> list[dict]:
+    "One task of a Slurm array: each chosen stage's share (`array`, `'K/N'`) of its per-file work; their records."
+    task, of = parse_array(array)
+    prof, all_, chosen, declared, everything = resolve_stages(profile, stages, params, nbs)
+    if bad := [nb.stem for nb in chosen.values() if nb.stem not in ARRAY_STAGES]:
+        raise ValueError(f"--array: {', '.join(bad)} cannot run as array tasks (only {', '.join(ARRAY_STAGES)} keep "
+                         "their work per corpus file); pick them with --stages 01,02")
+    report = check_stages({s: p.stem for s, p in all_.items()}, declared, everything, list(chosen), run_dir)
+    if report.errors: raise ValueError("; ".join(map(str, report.errors)))
+    root, recs = RunDir(run_dir).root, []
+    for sid, nb in chosen.items():
+        p = {**declared[sid], **everything[sid], "run_dir": str(root)}
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", ARRAY_STAGES[nb.stem], str(task), str(of), json.dumps(p)])
+        if r.returncode: raise StageFailed(f"stage {nb.stem}: array task {task} of {of} exited {r.returncode}")
+        recs.append(read_json(RunDir(root, stage=nb.stem).array_record(task, of)))
+        tqdm.write(f"{nb.stem}: array task {task} of {of} done in {time.time() - t0:.0f}s")
+    return recs
+
+# %% ../nbs/00d_runner.ipynb
 def _error_line(e) -> str:
     "What went wrong, for the terminal: a stage's error as it is, anything else on one line."
     if isinstance(e, StageFailed): return str(e)
@@ -418,6 +449,8 @@ def main(argv=None):
     r.add_argument("--force", action="store_true", help="redo stages that completed with the same parameters")
     r.add_argument("--publish", action="store_true", help="copy the stages' figures into the checkout's figures/")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    r.add_argument("--array", default=None, metavar="K/N",
+                   help="one task of a Slurm array: task K of N does its share of stages 01-02's per-file work")
     c = sub.add_parser("check", help="resolve and validate every stage's parameters, without running anything")
     for args, kw in [(("--profile",), {"default": "cpu"}), (("--stages",), {"default": None}), (("--run-dir",), {}),
                      (("-p", "--param"), {"action": "append", "default": [], "metavar": "KEY=VALUE"}),
@@ -439,6 +472,7 @@ def main(argv=None):
     run_dir = a.run_dir or f"runs/{Path(a.profile).stem}"
     if a.cmd == "check": return _check_main(a, run_dir)
     try:
+        if a.array: return 0 if run_array(a.profile, a.stages, run_dir, a.param, a.array) else 1
         man = run(a.profile, a.stages, run_dir, a.param, a.force, a.publish, log_output=a.log_output)
     except (StageFailed, KeyError, ValueError, OSError, RunLocked, UpstreamIncomplete) as e:
         print(f"longctx run: {_error_line(e)}", file=sys.stderr)

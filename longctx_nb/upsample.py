@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_upsample.ipynb 2
 from __future__ import annotations
-import importlib, json, math, os, shutil, time
+import importlib, json, math, os, shutil, sys, time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -16,33 +16,27 @@ from tqdm.auto import tqdm
 from .core import (DOMAINS, SEQ_INDEX, SEQ_STALE, STRATEGIES, SHORT, RunDir, domain_name, stable_hash,
                              write_json, read_json, save_figure,
                              plot_theme,
-                             file_sha256, atomic_path, replacing_dir, swap_dir, path_key, stable_key)
-from .corpus import iter_docs, corpus_files, ErrorLog, corpus_key
+                             file_sha256, atomic_path, replacing_dir, swap_dir, path_key, stable_key, file_lock)
+from .corpus import iter_docs, corpus_files, ErrorLog, corpus_key, part_names
 from .tokenizer import load_tokenizer, encode_pieces
 from .batching import SequenceDataset
 
 # %% auto 0
-__all__ = ['DOC_DTYPE', 'part_names', 'TokenStore', 'build_token_store', 'domain_profile', 'strategy_targets', 'plan_sample',
-           'realised', 'write_sequences', 'mark_stale', 'plot_strategies']
+__all__ = ['DOC_DTYPE', 'TokenStore', 'build_token_store', 'store_share', 'array_task', 'array_main', 'domain_profile',
+           'strategy_targets', 'plan_sample', 'realised', 'write_sequences', 'mark_stale', 'plot_strategies']
 
 # %% ../nbs/02_upsample.ipynb
 DOC_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i4"), ("domain", "<i1")])
 
 def _id_dtype(vocab_size: int): return np.uint16 if vocab_size <= 65536 else np.uint32  # the smallest that holds ids
 
-def part_names(files) -> list[str]:
-    "Each corpus file's token-store part: its path below the files' common folder, with `/` as `__` and `.` as `_`."
-    files = [Path(f) for f in files]
-    root = os.path.commonpath([str(f.parent) for f in files]) if files else ""
-    return [os.path.relpath(f, root).replace(os.sep, "__").replace(".", "_") for f in files]
-
-def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64, stem=None):
-    "Tokenize one corpus file into `out_dir/<stem>.{bin,docs.npy}` (atomic); returns its error counts."
-    tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path  # a path (worker) or a tokenizer
-    dt = _id_dtype(len(tok))
+def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64, stem=None) -> tuple[dict, bool]:
+    "Tokenize one corpus file into `out_dir/<stem>.{bin,docs.npy}` (atomic); its error counts, and whether it ran."
     out_dir = Path(out_dir)
     stem = stem or part_names([path])[0]
-    if (out_dir / f"{stem}.docs.npy").exists(): return {}
+    if (out_dir / f"{stem}.docs.npy").exists(): return read_json(out_dir / f"{stem}.errors.json", {}), False
+    tok = load_tokenizer(tok_path) if isinstance(tok_path, (str, Path)) else tok_path  # a path (worker) or a tokenizer
+    dt = _id_dtype(len(tok))
     log, docs, off, batch = ErrorLog(), [], 0, []
     with atomic_path(out_dir / f"{stem}.bin") as tb, open(tb, "wb") as f:
         def flush():
@@ -60,10 +54,11 @@ def _tokenize_file(path, out_dir, tok_path, on_error, batch_docs=64, stem=None):
             if len(batch) >= batch_docs: flush()
         flush()
         f.flush()
+    if log.counts: write_json(out_dir / f"{stem}.errors.json", dict(log.counts))  # a resumed build still counts them
     # the done-marker comes last: it is written only once the `.bin` it describes is in place
     with atomic_path(out_dir / f"{stem}.docs.npy", suffix=".npy") as td:
         np.save(td, np.array(docs, dtype=DOC_DTYPE))
-    return dict(log.counts)
+    return dict(log.counts), True
 
 # %% ../nbs/02_upsample.ipynb
 class TokenStore:
@@ -82,6 +77,7 @@ class TokenStore:
             self.parts.append((toks, docs))
         self.docs = np.concatenate([d for _, d in self.parts]) if self.parts else np.zeros(0, DOC_DTYPE)
         part_of = [np.full(len(d), i) for i, (_, d) in enumerate(self.parts)]
+        self.tokenized_now = []  # the parts `build_token_store` tokenized in this call (not found done)
         self._part = np.concatenate(part_of) if self.parts else np.zeros(0, int)
 
     def __len__(self): return len(self.docs)
@@ -93,42 +89,107 @@ class TokenStore:
         return np.asarray(toks[d["offset"]:d["offset"] + d["length"]])
 
 # %% ../nbs/02_upsample.ipynb
-def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", progress=True) -> TokenStore:
-    "Tokenize every document of a corpus (files/folders/globs) into a `TokenStore` at `out_dir` (resumable)."
-    out_dir = Path(out_dir)
-    files = corpus_files(spec)
-    tok = load_tokenizer(tok_path)
+def _store_meta(files, tok_path, tok, on_error) -> dict:
+    "What a token store of `files` records, and its key: what the tokens depend on (not where the files lie)."
     tok_key = path_key(tok_path) if Path(tok_path).is_dir() else str(tok_path)
-    meta = {"source": [str(f) for f in files], "tokenizer": str(tok_path),
+    return {"source": [str(f) for f in files], "tokenizer": str(tok_path),
             "dtype": np.dtype(_id_dtype(len(tok))).name, "eos_id": tok.eos_token_id, "vocab_size": len(tok),
             "parts": part_names(files),  # SlimPajama's chunk folders repeat file names
-            "key": stable_key(corpus_key(files), tok_key, on_error)}  # what the tokens depend on, not where it lies
+            "key": stable_key(corpus_key(files), tok_key, on_error)}
+
+def _build_dir(out_dir: Path, meta: dict) -> Path | None:
+    "Where the parts are built: the store's own folder (a first build) or `.<name>.partial` (a rebuild); None: built."
     old = read_json(out_dir / "meta.json")
-    if old and old.get("key") == meta["key"] and old.get("parts") == meta["parts"]: return TokenStore(out_dir)
-    if old: print(f"{out_dir.name}: token store built from other data or another tokenizer; rebuilding it")
-    final, out_dir = out_dir, (out_dir if old is None else out_dir.with_name(f".{out_dir.name}.partial"))
-    if read_json(out_dir / "key.json", {}).get("key") != meta["key"] and out_dir.exists(): shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    errors = defaultdict(int)
-    write_json(out_dir / "key.json", {"key": meta["key"]})  # parts already here are reused only under this key
+    if old and old.get("key") == meta["key"] and old.get("parts") == meta["parts"]: return None
+    return out_dir if old is None else out_dir.with_name(f".{out_dir.name}.partial")
+
+def _claim(build: Path, key: str) -> Path:
+    "Keep the parts in `build` only if they were written under `key` (else start afresh); mark it as `key`'s."
+    if read_json(build / "key.json", {}).get("key") != key and build.exists(): shutil.rmtree(build)
+    build.mkdir(parents=True, exist_ok=True)
+    write_json(build / "key.json", {"key": key})  # parts already here are reused only under this key
+    return build
+
+def _tokenize_parts(files, names, build, tok_path, tok, on_error, num_proc=1, progress=True) -> tuple[dict, list]:
+    "Tokenize `files` into their parts in `build` (done parts kept); the error counts, and the parts tokenized now."
+    errors, now = defaultdict(int), []
     if num_proc > 1:
         import multiprocessing as mp
         # the module's own worker: a function defined in a notebook kernel cannot be pickled into spawned processes
         _self = importlib.import_module("longctx_nb.upsample")
         with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(_self._tokenize_file, f, out_dir, str(tok_path), on_error, stem=s)
-                    for f, s in zip(files, meta["parts"])]
-            for fu in tqdm(futs, desc="tokenizing files", disable=not progress):
-                for k, v in fu.result().items(): errors[k] += v
+            futs = [ex.submit(_self._tokenize_file, f, build, str(tok_path), on_error, stem=s)
+                    for f, s in zip(files, names)]
+            results = [fu.result() for fu in tqdm(futs, desc="tokenizing files", disable=not progress)]
     else:
-        for f, s in tqdm(list(zip(files, meta["parts"])), desc="tokenizing files", disable=not progress):
-            for k, v in _tokenize_file(f, out_dir, tok, on_error, stem=s).items(): errors[k] += v
-    st_docs = [np.load(out_dir / f"{p}.docs.npy") for p in meta["parts"]]
+        results = [_tokenize_file(f, build, tok, on_error, stem=s)
+                   for f, s in tqdm(list(zip(files, names)), desc="tokenizing files", disable=not progress)]
+    for s, (errs, ran) in zip(names, results):
+        for k, v in errs.items(): errors[k] += v
+        if ran: now.append(s)
+    return dict(errors), now
+
+def build_token_store(spec, out_dir, tok_path, num_proc=1, on_error="raise", progress=True) -> TokenStore:
+    "Tokenize every document of a corpus (files/folders/globs) into a `TokenStore` at `out_dir` (resumable)."
+    out_dir = Path(out_dir)
+    files = corpus_files(spec)
+    tok = load_tokenizer(tok_path)
+    meta = _store_meta(files, tok_path, tok, on_error)
+    build = _build_dir(out_dir, meta)
+    if build is None: return TokenStore(out_dir)
+    if build != out_dir: print(f"{out_dir.name}: token store built from other data or another tokenizer; rebuilding it")
+    errors, now = _tokenize_parts(files, meta["parts"], _claim(build, meta["key"]), tok_path, tok, on_error, num_proc,
+                                  progress)
+    st_docs = [np.load(build / f"{p}.docs.npy") for p in meta["parts"]]
     meta.update(n_docs=int(sum(len(d) for d in st_docs)), n_tokens=int(sum(d["length"].sum() for d in st_docs)),
-                errors=dict(errors))
-    write_json(out_dir / "meta.json", meta)
-    if out_dir != final: swap_dir(out_dir, final)  # the previous store stayed readable until now
-    return TokenStore(final)
+                errors=errors)
+    write_json(build / "meta.json", meta)
+    if build != out_dir: swap_dir(build, out_dir)  # the previous store stayed readable until now
+    store = TokenStore(out_dir)
+    store.tokenized_now = now
+    return store
+
+# %% ../nbs/02_upsample.ipynb
+def store_share(spec, out_dir, tok_path, task: int, of: int, lock, num_proc=1, on_error="raise",
+                progress=True) -> dict:
+    "Tokenize files `task::of` of a corpus into the parts of its token store at `out_dir`; which, and which now."
+    out_dir = Path(out_dir)
+    files = corpus_files(spec)
+    tok = load_tokenizer(tok_path)
+    meta = _store_meta(files, tok_path, tok, on_error)
+    mine = list(range(task, len(files), of))
+    parts = [meta["parts"][i] for i in mine]  # named from the whole list, as build_token_store names them
+    with file_lock(lock): build = _build_dir(out_dir, meta)
+    if build is None: return {"parts": parts, "tokenized": []}  # the store is complete already
+    with file_lock(lock): _claim(build, meta["key"])
+    _, now = _tokenize_parts([files[i] for i in mine], parts, build, tok_path, tok, on_error, num_proc, progress)
+    return {"parts": parts, "tokenized": now}
+
+def array_task(p: dict, task: int, of: int) -> dict:
+    "Task `task` of `of` of stage 02 with parameters `p`: its share of the train and validation token stores."
+    t0 = time.time()
+    run = RunDir(p["run_dir"], stage="02_upsample")
+    data = read_json(run.data_json)
+    if not data: raise FileNotFoundError(f"{run.data_json} not found: stage 01 (or its array task) first")
+    rec = {"task": task, "of": of}
+    for split in ("train", "validation"):
+        rec[split] = store_share(data[split], run.tokens(split), data["tokenizer"], task, of, run.data_lock,
+                                 p["num_proc"], p["on_error"], progress=False)
+    rec["seconds"] = round(time.time() - t0, 1)
+    write_json(run.array_record(task, of), rec)
+    return rec
+
+def array_main(argv=None) -> int:
+    "`python -m longctx_nb.upsample TASK OF PARAMETERS_JSON`: one array task of stage 02 (`longctx run --array`)."
+    task, of, params = argv or sys.argv[1:]
+    rec = array_task(json.loads(params), int(task), int(of))
+    done = [f"{s} {len(rec[s]['parts'])} file(s), {len(rec[s]['tokenized'])} tokenized now"
+            for s in ("train", "validation")]
+    print(f"02_upsample: array task {task} of {of}: {', '.join(done)}, in {rec['seconds']:.0f}s")
+    return 0
+
+# %% ../nbs/02_upsample.ipynb
+if __name__ == "__main__" and "__file__" in globals(): raise SystemExit(array_main())  # not in a notebook kernel
 
 # %% ../nbs/02_upsample.ipynb
 def domain_profile(store: TokenStore, threshold: int) -> dict:

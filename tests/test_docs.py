@@ -30,7 +30,7 @@ def test_figure_caption_flags_older_commits():
 
 def test_sidebar_follows_quarto_yml():
     side = docs.sidebar()
-    assert side[0] == (None, ["index"]) and [s for s, _ in side[1:]] == ["Foundation", "Stages"]
+    assert side[0] == (None, ["index"]) and [s for s, _ in side[1:]] == ["Guides", "Foundation", "Stages"]
     stems = [s for _, ss in side for s in ss]
     assert {p.stem for p in (ROOT / "nbs").glob("*.ipynb")} == set(stems), "every notebook has a page"
 

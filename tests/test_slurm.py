@@ -4,17 +4,18 @@ run's. The cluster is started for this module (apt installs Debian's packages as
 stopped after it, leaving no daemon running. It is part of `make test` (5 min 52 s with the install on a 2-core AMD
 EPYC; about 15 minutes on a 2-core Xeon without bf16); `make test-slurm` runs it alone, and LONGCTX_SLURM=0 skips
 it. Without root and without Slurm installed it is skipped, saying why."""
-import hashlib, json, os, re, shutil, socket, subprocess, sys, time
+import hashlib, json, os, re, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, longctx, manifest
+from conftest import LONGCTX, ROOT, manifest
 
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 SUITE = ROOT / "slurm" / "longctx_suite.sbatch"
+DATA = ROOT / "slurm" / "longctx_data.sbatch"  # stages 01-02's per-file work as an array
 DAEMONS = ("munged", "slurmctld", "slurmd")
 STAGES = "01,02,03,06"  # data, extension (papermill on the node), stage 06's job (srun + torchrun, 2 gloo processes)
 # the cpu profile shrunk by sizes only; stage 03's base model checkpoints every 4 of its 20 steps so that a stop
@@ -55,12 +56,13 @@ def _slurm(env, *cmd) -> str:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
-def _submit(env, run_dir: Path, log: Path, stages: str = STAGES, args=ARGS, **more) -> str:
-    "Submit the suite's sbatch script for the shrunk cpu profile (`more`: the job's environment); its job id."
+def _submit(env, run_dir: Path, log: Path, stages: str = STAGES, args=ARGS, script=SUITE, opts=("--cpus-per-task=2",),
+            **more) -> str:
+    "Submit an sbatch script of the suite for the shrunk cpu profile (`more`: the job's environment); its job id."
     jenv = {**env, "LONGCTX_STAGES": stages, "LONGCTX_NPROC": "2", "OMP_NUM_THREADS": "1",
             "LONGCTX": str(Path(sys.executable).parent / "longctx"), **more}
-    return _slurm(jenv, "sbatch", "--parsable", "--cpus-per-task=2", "--time=60", f"--output={log}",
-                  f"--chdir={ROOT}", str(SUITE), "cpu", str(run_dir), *args)
+    return _slurm(jenv, "sbatch", "--parsable", *opts, "--time=60", f"--output={log}", f"--chdir={ROOT}", str(script),
+                  "cpu", str(run_dir), *args)
 
 
 def _free_port() -> int:
@@ -117,8 +119,38 @@ def stopped_job(slurm, tmp_path_factory):
     return run_dir, jid, log
 
 
-def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_equals_a_local_run(slurm, stopped_job,
-                                                                                                   tmp_path):
+class _Background:
+    "A `longctx run` started now, in the background; `result()` waits for it and gives its run folder."
+    def __init__(self, run_dir: Path, *args):
+        self.run_dir, self.log = run_dir, run_dir.with_suffix(".log")
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen([*LONGCTX, "run", "--run-dir", str(run_dir), *args], stdout=f,
+                                         stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                         start_new_session=True)  # its stage kernels and workers in its group
+
+    def result(self) -> Path:
+        assert self.proc.wait(timeout=1800) == 0, self.log.read_text()[-4000:]
+        return self.run_dir
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    "STAGES run locally, never stopped, stage 06 training on this node (train_here): what the jobs must equal."
+    # it runs beside the first Slurm job (each keeps one of two cores busy most of the time): ask for it before that job
+    bg = _Background(tmp_path_factory.mktemp("local") / "local_run", "--profile", "cpu", "--stages", STAGES, *ARGS,
+                     "-p", "06.train_here=true")
+    yield bg
+    if bg.proc.poll() is None: os.killpg(bg.proc.pid, signal.SIGKILL)  # a test failed before waiting for it
+
+
+def _tables(run_dir: Path) -> dict:
+    "Stages 01-02's tables, byte for byte but for the run folder's path (stage 01 names where the longest doc lies)."
+    return {p.relative_to(run_dir).as_posix(): p.read_text().replace(str(run_dir), "<run>")
+            for s in ("01_mixture", "02_upsample") for p in sorted((run_dir / s / "tables").glob("*.csv"))}
+
+
+def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_equals_a_local_run(slurm, local_run,
+                                                                                                   stopped_job):
     run_dir, jid, log = stopped_job
     job, text = _job(slurm, jid), log.read_text()
     assert (job["JobState"], job["Restarts"], job["ExitCode"]) == ("COMPLETED", "1", "0:0"), text[-4000:]
@@ -138,16 +170,44 @@ def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_
         jl = json.loads((run_dir / JOB / f"phase-{k}" / "train_log.json").read_text())
         assert jl["world"] == 2 and jl["finished"]
 
-    # the same stages run locally, never stopped, stage 06 training its job on this node (train_here): the same
-    # bytes for the data and the same weights, the resumed base model included
-    local = tmp_path / "local_run"
-    longctx("run", "--profile", "cpu", "--run-dir", str(local), "--stages", STAGES, *ARGS, "-p", "06.train_here=true",
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # the same stages run locally (local_run): the same bytes for the data and the same weights, the resumed base
+    # model included
+    local = local_run.result()
     ours, theirs = _data_files(run_dir), _data_files(local)
     assert ours == theirs and len(ours) > 10
     for rel in (f"{BASE}/final", "models/per_source/phase-0/final", f"{JOB}/phase-0/final", f"{JOB}/phase-1/final"):
         a, b = load_file(run_dir / rel / "model.safetensors"), load_file(local / rel / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), rel
+
+
+def test_an_array_of_two_data_tasks_then_the_suite_equals_one_local_run(slurm, local_run, tmp_path):
+    # slurm/longctx_data.sbatch as a 2-task array (one CPU each, side by side), then the suite's stages 01-02 once
+    # the array succeeded: the tasks did the per-file work between them, and the merge gives one local run's bytes
+    run_dir = tmp_path / "array_run"
+    aid = _submit(slurm, run_dir, tmp_path / "data-%a.log", "01,02", script=DATA,
+                  opts=("--array=0-1", "--cpus-per-task=1"))
+    log = tmp_path / "merge.log"
+    jid = _submit(slurm, run_dir, log, "01,02", opts=("--cpus-per-task=2", f"--dependency=afterok:{aid}"))
+    failed = lambda: _job(slurm, jid).get("Reason") == "DependencyNeverSatisfied"  # a task failed
+    _wait(slurm, jid, lambda: _ended(slurm, jid) or failed(), 600, log)
+    tasks = "".join((tmp_path / f"data-{k}.log").read_text() for k in (0, 1))
+    assert _job(slurm, jid)["JobState"] == "COMPLETED", tasks[-3000:] + log.read_text()[-3000:]
+    for stage, folder, done in (("01_mixture", "01_mixture/parts", "counted"), ("02_upsample", "tokens/train", None)):
+        recs = [json.loads((run_dir / stage / "array" / f"task-{k}-of-2.json").read_text()) for k in (0, 1)]
+        parts = [r["parts"] if done else r["train"]["parts"] for r in recs]
+        now = [r[done] if done else r["train"]["tokenized"] for r in recs]
+        files = {p.name.split(".")[0] for p in (run_dir / folder).iterdir()
+                 if not p.name.startswith(".") and p.name not in ("key.json", "meta.json")}
+        # each file's part made by exactly one task, and kept by the merge (written before the task's record)
+        assert parts == now and all(parts) and not set(parts[0]) & set(parts[1]), (stage, parts, now)
+        assert set(parts[0]) | set(parts[1]) == files, (stage, files)
+        for k, names in enumerate(parts):
+            rec = (run_dir / stage / "array" / f"task-{k}-of-2.json").stat().st_mtime_ns
+            assert all((run_dir / folder / n).with_suffix(".json" if done else ".docs.npy").stat().st_mtime_ns
+                       <= rec for n in names), (stage, k)
+    local = local_run.result()
+    assert _data_files(run_dir) == _data_files(local)
+    assert _tables(run_dir) == _tables(local) and len(_tables(run_dir)) >= 3
 
 
 def test_sbatch_serves_a_model_for_the_evaluation_stages_and_stops_it(slurm, stopped_job, tmp_path):
