@@ -30,9 +30,9 @@ check: install
 smoke: install
 	LONGCTX_SMOKE=1 $(BIN)/python -m pytest -q tests/test_smol_smoke.py
 
-# The suite's sbatch script under a real one-host Slurm (apt installs Debian's slurmctld/slurmd/munge as root): a job
-# stopped mid-training, requeued and equal to a local run, and a served model (about 6 minutes on 2 cores with native
-# bf16); `make test` runs it too (LONGCTX_SLURM=0 skips it).
+# The suite's sbatch scripts under a real one-host Slurm (apt installs Debian's slurmctld/slurmd/munge as root): a job
+# stopped mid-training, requeued and equal to a local run, stages 01-02 as a two-task array and its merge, and a
+# served model (6 to 9 minutes on 2 cores); `make test` runs it too (LONGCTX_SLURM=0 skips it).
 test-slurm: install
 	$(BIN)/python -m pytest -q tests/test_slurm.py
 

@@ -1,9 +1,11 @@
-"""The suite's own sbatch script under a real one-host Slurm (slurm/local_cluster.sh): stage 06's job through srun and
-torchrun, a stop signal mid-training that requeues the job, and a final run folder equal to an uninterrupted local
-run's. The cluster is started for this module (apt installs Debian's packages as root when they are missing) and
-stopped after it, leaving no daemon running. It is part of `make test` (5 min 52 s with the install on a 2-core AMD
-EPYC; about 15 minutes on a 2-core Xeon without bf16); `make test-slurm` runs it alone, and LONGCTX_SLURM=0 skips
-it. Without root and without Slurm installed it is skipped, saying why."""
+"""The suite's own sbatch scripts under a real one-host Slurm (slurm/local_cluster.sh): stage 06's job through srun
+and torchrun, a stop signal mid-training that requeues the job, and a final run folder equal to an uninterrupted local
+run's; stages 01-02 as a two-task array (slurm/longctx_data.sbatch) whose merge equals one local run; a served model
+for stage 08. The cluster is started for this module (apt installs Debian's packages as root when they are missing)
+and stopped after it, leaving no daemon running. It is part of `make test` (8 min 44 s on a 2-core AMD EPYC without
+bf16 while another test run shared the machine; 5 min 52 s before the array test, on one with bf16, alone);
+`make test-slurm` runs it alone, and LONGCTX_SLURM=0 skips it. Without root and without Slurm installed it is
+skipped, saying why."""
 import hashlib, json, os, re, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 
