@@ -275,9 +275,9 @@ def _run_tokenizer(run: RunDir, tokenizer, train_spec, vocab_size, train_chars, 
 
 def prepare_data(run: RunDir, corpus="sample", validation=None, validation_fraction=0.05, mixture="slimpajama",
                  tokenizer="train", vocab_size=8192, tokenizer_train_chars=12_000_000, on_error="raise", seed=0,
-                 pool_tokens=None) -> dict:
+                 pool_tokens=None, check_validation=True) -> dict:
     "The run's corpus (or its pool), validation split and tokenizer, each built once, recorded in `data.json`."
-    source, pool, split, manifest, stats = corpus, None, None, None, None
+    source, pool, split, manifest, stats, val_log, val_docs = corpus, None, None, None, None, None, None
     if pool_tokens and corpus != "sample":
         if str(corpus).startswith("hf:"):
             raise ValueError(f"pool_tokens={pool_tokens}: a pool is made of corpus files, and {corpus} streams from "
@@ -296,11 +296,17 @@ def prepare_data(run: RunDir, corpus="sample", validation=None, validation_fract
         train, val = str(run.corpus("train", "corpus_split")), str(run.corpus("validation", "corpus_split"))
         stats = source  # the statistics describe the corpus (or its pool) as given
         print("held out (train, validation docs):", {SHORT[d]: tuple(c.values()) for d, c in split["docs"].items()})
-    else: train, val = source, validation
+    else:
+        train, val = source, validation
+        if check_validation:  # read as the training corpus is read: a bad record stops stage 01, before data.json
+            val_log = ErrorLog()
+            val_docs = sum(1 for _ in tqdm(iter_docs(validation, on_error, val_log), desc="validation documents",
+                                           mininterval=2))
+            print(f"validation: {val_docs:,} documents; {val_log.total} bad records skipped")
     tok_path = _run_tokenizer(run, tokenizer, train, vocab_size, tokenizer_train_chars, on_error)
     write_json(run.data_json, {"train": train, "validation": val, "tokenizer": str(tok_path)})
     return {"train": train, "validation": val, "stats": stats or train, "tokenizer": tok_path, "pool": pool,
-            "split": split, "manifest": manifest}
+            "split": split, "manifest": manifest, "val_docs": val_docs, "val_log": val_log}
 
 # %% ../nbs/01_mixture.ipynb
 PREP_KEYS = ("corpus", "validation", "validation_fraction", "mixture", "tokenizer", "vocab_size",
@@ -313,7 +319,8 @@ def array_task(p: dict, task: int, of: int) -> dict:
         raise ValueError(f"stage 01 as an array splits corpus files: corpus={p['corpus']!r}, "
                          f"max_docs={p.get('max_docs')} are read in one pass; run the stage without --array")
     run = RunDir(p["run_dir"], stage="01_mixture")
-    with file_lock(run.data_lock): prep = prepare_data(run, **{k: p[k] for k in PREP_KEYS})
+    with file_lock(run.data_lock):  # the validation corpus is checked by the stage itself, once, not by every task
+        prep = prepare_data(run, **{k: p[k] for k in PREP_KEYS}, check_validation=False)
     files = corpus_files(prep["stats"])
     names = part_names(files)  # from the whole list: a share alone would name its files differently
     mine = range(task, len(files), of)
