@@ -1,5 +1,5 @@
 """Shared fixtures: the checkout, the `longctx` command of this environment, and a finished cpu run."""
-import json, shutil, subprocess, sys
+import ctypes, json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 
 import nbformat
@@ -30,12 +30,65 @@ CPU_TEST = [*[f"07.models.{m}.{k}" for m in SMOLLM2_VARIANTS
 CPU_ARGS = ["--profile", "cpu", *[a for o in CPU_TEST for a in ("-p", o)]]
 
 
+def _stop_with_parent():
+    "In the child, before exec: SIGTERM when the tests' process dies (a killed pytest leaves no run going)."
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG; the runner stops its stage on SIGTERM
+
+
+class Background:
+    "A `longctx run` started now in its own process group, output to `<run_dir>.log`; `result()` waits for it."
+    def __init__(self, run_dir: Path, *args, nice: int = 0, env: dict | None = None):
+        self.run_dir, self.log = Path(run_dir), Path(run_dir).with_suffix(".log")
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen(["nice", "-n", str(nice), *LONGCTX, "run", "--run-dir", str(run_dir), *args],
+                                         stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                         start_new_session=True,  # its stage kernels and workers in its group
+                                         preexec_fn=_stop_with_parent)
+
+    def result(self, timeout: float = 3600) -> Path:
+        "The run folder once the run has exited 0 (else its log's tail)."
+        assert self.proc.wait(timeout=timeout) == 0, self.log.read_text()[-5000:]
+        return self.run_dir
+
+    def stop(self):
+        "Kill the run and its children if it is still going."
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# The cpu run is about a third of `make test` and keeps both cores busy, while the other tests leave about one of the
+# two idle (a single process tokenizing, kernels starting, Slurm's scheduling waits). So it starts in the background as
+# soon as the tests are collected, on one thread and at the lowest priority (nice 19): it takes the core the others
+# leave, without slowing them (on two threads, one would wait for the other at every parallel region, and a nice-19
+# thread on a busy core hardly runs). The tests that read it go last, so they rarely wait for it.
+READS_CPU_RUN = ("cpu_run", "built_site")  # fixtures that need the cpu run (built_site: test_docs.py)
+CPU_RUN = pytest.StashKey[Background]()  # the run started at collection
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has ordered them by fixture
+def pytest_collection_modifyitems(session, config, items):
+    "Tests that read the cpu run go last, and the run starts now, in the background, if any of them was collected."
+    reads = [i for i in items if set(READS_CPU_RUN) & set(getattr(i, "fixturenames", ()))]
+    if not reads or config.option.collectonly: return
+    later = set(map(id, reads))
+    items[:] = [i for i in items if id(i) not in later] + reads
+    config.stash[CPU_RUN] = Background(config._tmp_path_factory.mktemp("runs") / "cpu", *CPU_ARGS, nice=19,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def pytest_unconfigure(config):
+    if CPU_RUN in config.stash: config.stash[CPU_RUN].stop()
+
+
 @pytest.fixture(scope="session")
-def cpu_run(tmp_path_factory):
+def cpu_run(request, tmp_path_factory):
     "One run of the cpu profile at test sizes (all stages), shared by the tests that read its outputs."
-    run_dir = tmp_path_factory.mktemp("runs") / "cpu"
-    longctx("run", *CPU_ARGS, "--run-dir", str(run_dir))
-    return run_dir
+    bg = request.config.stash.get(CPU_RUN, None)
+    if bg is None:  # collected through another fixture only: run it here
+        bg = request.config.stash[CPU_RUN] = Background(tmp_path_factory.mktemp("runs") / "cpu", *CPU_ARGS)
+    return bg.result()
 
 
 STAGES_01_02 = {"data.json", "manifest.json", "corpus", "corpus_split", "tokenizer", "tokens", "upsampled",

@@ -6,14 +6,14 @@ and stopped after it, leaving no daemon running. It is part of `make test` (8 mi
 bf16 while another test run shared the machine; 5 min 52 s before the array test, on one with bf16, alone);
 `make test-slurm` runs it alone, and LONGCTX_SLURM=0 skips it. Without root and without Slurm installed it is
 skipped, saying why."""
-import hashlib, json, os, re, shutil, signal, socket, subprocess, sys, time
+import hashlib, json, os, re, shutil, socket, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import LONGCTX, ROOT, manifest
+from conftest import LONGCTX, ROOT, Background, manifest
 
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 SUITE = ROOT / "slurm" / "longctx_suite.sbatch"
@@ -121,28 +121,14 @@ def stopped_job(slurm, tmp_path_factory):
     return run_dir, jid, log
 
 
-class _Background:
-    "A `longctx run` started now, in the background; `result()` waits for it and gives its run folder."
-    def __init__(self, run_dir: Path, *args):
-        self.run_dir, self.log = run_dir, run_dir.with_suffix(".log")
-        with open(self.log, "w") as f:
-            self.proc = subprocess.Popen([*LONGCTX, "run", "--run-dir", str(run_dir), *args], stdout=f,
-                                         stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                         start_new_session=True)  # its stage kernels and workers in its group
-
-    def result(self) -> Path:
-        assert self.proc.wait(timeout=1800) == 0, self.log.read_text()[-4000:]
-        return self.run_dir
-
-
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     "STAGES run locally, never stopped, stage 06 training on this node (train_here): what the jobs must equal."
     # it runs beside the first Slurm job (each keeps one of two cores busy most of the time): ask for it before that job
-    bg = _Background(tmp_path_factory.mktemp("local") / "local_run", "--profile", "cpu", "--stages", STAGES, *ARGS,
-                     "-p", "06.train_here=true")
+    bg = Background(tmp_path_factory.mktemp("local") / "local_run", "--profile", "cpu", "--stages", STAGES, *ARGS,
+                    "-p", "06.train_here=true", env={**os.environ, "OMP_NUM_THREADS": "1"})
     yield bg
-    if bg.proc.poll() is None: os.killpg(bg.proc.pid, signal.SIGKILL)  # a test failed before waiting for it
+    bg.stop()  # a test failed before waiting for it
 
 
 def _tables(run_dir: Path) -> dict:
