@@ -1,5 +1,5 @@
 """Shared fixtures: the checkout, the `longctx` command of this environment, and a finished cpu run."""
-import ctypes, json, os, shutil, signal, subprocess, sys
+import contextlib, ctypes, json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 
 import nbformat
@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LONGCTX = [sys.executable, "-m", "longctx_nb.runner"]  # as `longctx`, and it honours PYTHONPATH
+LOWPRIO = ROOT / "tests" / "lowprio"  # its sitecustomize.py puts a process's scheduling group at nice 19
 
 
 def longctx(*args, check=True, **kw):
@@ -37,13 +38,17 @@ def _stop_with_parent():
 
 class Background:
     "A `longctx run` started now in its own process group, output to `<run_dir>.log`; `result()` waits for it."
-    def __init__(self, run_dir: Path, *args, nice: int = 0, env: dict | None = None):
+    def __init__(self, run_dir: Path, *args, low_priority: bool = False, env: dict | None = None):
         self.run_dir, self.log = Path(run_dir), Path(run_dir).with_suffix(".log")
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if env is None else env)
+        if low_priority:  # nice 19; stage kernels and workers start sessions of their own: LOWPRIO lowers each one's
+            env["PYTHONPATH"] = os.pathsep.join([str(LOWPRIO), *filter(None, [env.get("PYTHONPATH")])])
         with open(self.log, "w") as f:
-            self.proc = subprocess.Popen(["nice", "-n", str(nice), *LONGCTX, "run", "--run-dir", str(run_dir), *args],
+            self.proc = subprocess.Popen(["nice", "-n", str(19 if low_priority else 0), *LONGCTX, "run", "--run-dir",
+                                          str(run_dir), *args],
                                          stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                         start_new_session=True,  # its stage kernels and workers in its group
+                                         start_new_session=True,  # stop() ends its process group
                                          preexec_fn=_stop_with_parent)
 
     def result(self, timeout: float = 3600) -> Path:
@@ -52,17 +57,19 @@ class Background:
         return self.run_dir
 
     def stop(self):
-        "Kill the run and its children if it is still going."
+        "Stop the run if it is still going: SIGTERM (the runner stops its stage's kernel), then SIGKILL its group."
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired): self.proc.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError): os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 # The cpu run is about a third of `make test` and keeps both cores busy, while the other tests leave about one of the
 # two idle (a single process tokenizing, kernels starting, Slurm's scheduling waits). So it starts in the background as
-# soon as the tests are collected, on one thread and at the lowest priority (nice 19): it takes the core the others
-# leave, without slowing them (on two threads, one would wait for the other at every parallel region, and a nice-19
-# thread on a busy core hardly runs). The tests that read it go last, so they rarely wait for it.
+# soon as the tests are collected, on one thread and at the lowest priority (nice 19, its sessions' groups too): it
+# takes the core the others leave without slowing them (on two threads, one would wait for the other at every parallel
+# region, and a nice-19 thread on a busy core hardly runs). The tests that read it go last, so they rarely wait for it.
 READS_CPU_RUN = ("cpu_run", "built_site")  # fixtures that need the cpu run (built_site: test_docs.py)
 CPU_RUN = pytest.StashKey[Background]()  # the run started at collection
 
@@ -74,7 +81,7 @@ def pytest_collection_modifyitems(session, config, items):
     if not reads or config.option.collectonly: return
     later = set(map(id, reads))
     items[:] = [i for i in items if id(i) not in later] + reads
-    config.stash[CPU_RUN] = Background(config._tmp_path_factory.mktemp("runs") / "cpu", *CPU_ARGS, nice=19,
+    config.stash[CPU_RUN] = Background(config._tmp_path_factory.mktemp("runs") / "cpu", *CPU_ARGS, low_priority=True,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
