@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface, AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -17,7 +18,7 @@ from .core import DTYPES  # the values of a generator's `dtype` setting, which p
 
 # %% auto 0
 __all__ = ['ATTN', 'cpu_flags', 'native_bf16', 'resolve_dtype', 'Int8Linear', 'quantize_int8', 'split_attention',
-           'offset_causal_attention']
+           'offset_causal_attention', 'GrowingLayer', 'growing_cache', 'stackable', 'stack_caches']
 
 # %% ../nbs/00o_infer.ipynb
 def cpu_flags(path="/proc/cpuinfo") -> set[str]:
@@ -107,3 +108,54 @@ def offset_causal_attention(module, query, key, value, attention_mask, dropout: 
 
 AttentionInterface.register(ATTN, offset_causal_attention)
 AttentionMaskInterface.register(ATTN, sdpa_mask)
+
+# %% ../nbs/00o_infer.ipynb
+class GrowingLayer(DynamicLayer):
+    "A `DynamicLayer` that appends into spare room (a quarter of its length, at least `spare` tokens), not by copying."
+    spare = 256
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        "Write the new keys and values after the cached ones; returns views of everything cached."
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, add = self.get_seq_length(), key_states.shape[-2]
+        buf = getattr(self, "_kv", None)
+        fits = (buf is not None and buf[0].shape[-2] >= n + add and buf[0].shape[:2] == key_states.shape[:2]
+                and (n == 0 or self.keys.data_ptr() == buf[0].data_ptr()))  # rows selected: no longer the buffer
+        if not fits:
+            cap = n + add + max(self.spare, (n + add) // 4)
+            buf = tuple(s.new_empty((*s.shape[:-2], cap, s.shape[-1])) for s in (key_states, value_states))
+            if n:
+                buf[0][..., :n, :] = self.keys
+                buf[1][..., :n, :] = self.values
+            self._kv = buf
+        buf[0][..., n:n + add, :] = key_states
+        buf[1][..., n:n + add, :] = value_states
+        self.keys, self.values = buf[0][..., :n + add, :], buf[1][..., :n + add, :]
+        return self.keys, self.values
+
+def growing_cache(config) -> DynamicCache:
+    "A `DynamicCache` for `config` whose full-attention layers are `GrowingLayer`s (sliding ones stay as they are)."
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    if cache.layer_class_to_replicate is DynamicLayer:  # no config: layers are made as they are first written
+        cache.layer_class_to_replicate = GrowingLayer
+    return cache
+
+# %% ../nbs/00o_infer.ipynb
+def stackable(cache) -> bool:
+    "Whether `stack_caches` can batch this cache (every layer a `GrowingLayer`: no sliding windows)."
+    return bool(cache.layers) and all(type(layer) is GrowingLayer for layer in cache.layers)
+
+def stack_caches(caches: list, config) -> tuple[DynamicCache, torch.Tensor]:
+    "One batch cache from single-prompt caches, left-padded to the longest, and its mask (0: padding)."
+    lens = [c.get_seq_length() for c in caches]
+    T, out = max(lens), growing_cache(config)
+    for i in range(len(caches[0].layers)):
+        pad = [(c.layers[i], (0, 0, T - n, 0)) for c, n in zip(caches, lens)]
+        out.update(torch.cat([F.pad(layer.keys, p) for layer, p in pad]),
+                   torch.cat([F.pad(layer.values, p) for layer, p in pad]), i)
+    mask = torch.zeros((len(caches), T), dtype=torch.long, device=out.layers[0].keys.device)
+    for b, n in enumerate(lens):
+        mask[b, T - n:] = 1
+    return out, mask

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .chat import ensure_chat_template
 # core's JSONL reader and torn-proof appender, and the run folder's paths
 from .core import RunDir, append_jsonl, read_json, read_jsonl, stable_hash
-from .infer import ATTN, quantize_int8, resolve_dtype
+from .infer import ATTN, growing_cache, quantize_int8, resolve_dtype, stack_caches, stackable
 from .models import apply_rope, resolve_model
 from .tokenizer import load_tokenizer
 
@@ -49,7 +49,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class HFGenerator:
     "Greedy generation from a local causal LM: batched, or one prompt at a time reusing shared prefixes' KV cache."
     def __init__(self, path, tokenizer=None, batch_size: int = 8, max_new_tokens: int = 32, dtype: str | None = None,
-                 attn=None, device=None, rope: dict | None = None, reuse_prefix: bool = False):
+                 attn=None, device=None, rope: dict | None = None, reuse_prefix: bool = False,
+                 decode_tokens: int = 65536):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         compute, int8 = resolve_dtype(dtype, self.device)  # an unknown name fails here, before the model loads
         self.dtype = ("int8+" if int8 else "") + str(compute).removeprefix("torch.")  # what the answers came from
@@ -74,7 +75,8 @@ class HFGenerator:
         # dynamic NTK rescales every position by the current length: `prefill_reusing` knows when a prefix still fits
         self.dynamic = (cfg.rope_parameters or {}).get("rope_type") == "dynamic"
         self.reuse_prefix = reuse_prefix
-        self._anchor = None  # (token ids, KV cache) of the last prompt prefilled with reuse
+        self.decode_tokens = decode_tokens  # prompts prefilled with reuse decode together up to this many tokens
+        self._anchors = []  # (token ids, KV cache) of the last two prompts prefilled with reuse, newest first
         self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0, "reused_tokens": 0}
 
     def encode(self, prompt) -> list[int]:
@@ -91,7 +93,8 @@ class HFGenerator:
         n = max_new_tokens or self.max_new_tokens
         rng = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         if self.reuse_prefix:
-            return [self._decode(*self.prefill_reusing(x, n), n, temperature, rng)[0] for x in ids]
+            return [o for chunk in self.decode_chunks(ids) for o in self._decode(
+                *self.batch_prefilled([self.prefill_reusing(x, n) for x in chunk]), n, temperature, rng)]
         out = []
         for i in range(0, len(ids), self.batch_size):
             out += self._decode(*self.prefill_batch(ids[i:i + self.batch_size]), n, temperature, rng)
@@ -124,7 +127,7 @@ def prefill_batch(self: HFGenerator, ids: list[list[int]]):
     t = time.perf_counter()
     full = bool(mask.all())  # no padding: let attention take its causal fast path instead of an explicit mask
     out = self.model(input_ids=x, attention_mask=None if full else mask, position_ids=pos, use_cache=True,
-                     logits_to_keep=1)
+                     past_key_values=growing_cache(self.model.config), logits_to_keep=1)
     _sync()
     self.stats["prefill_s"] += time.perf_counter() - t
     self.stats["prefill_tokens"] += int(mask.sum())
@@ -190,12 +193,12 @@ def reset_dynamic_rope(self: HFGenerator) -> None:
             m.max_seq_len_cached = m.original_max_seq_len
 
 @patch
-def _reusable(self: HFGenerator, n_ids: int, max_new: int) -> bool:
-    "Whether the anchor's cache holds what a full prefill of a prompt of `n_ids` tokens would compute."
-    if not self._anchor or not self.dynamic:
-        return bool(self._anchor)
-    inside = len(self._anchor[0]) < self.train_len and n_ids + max_new < self.train_len
-    return inside or n_ids == len(self._anchor[0])
+def _reusable(self: HFGenerator, anchor_len: int, n_ids: int, max_new: int) -> bool:
+    "Whether an anchor of `anchor_len` tokens holds what a full prefill of a prompt of `n_ids` tokens would compute."
+    if not self.dynamic:
+        return True
+    inside = anchor_len < self.train_len and n_ids + max_new < self.train_len
+    return inside or n_ids == anchor_len
 
 @patch
 @torch.no_grad()
@@ -203,10 +206,12 @@ def prefill_reusing(self: HFGenerator, ids: list[int], max_new: int = 0):
     "Prefill one prompt reusing the previous prompt's cache for their common prefix: (logits, cache, mask, positions)."
     if self.dynamic:
         self.reset_dynamic_rope()
-    keep = min(common_prefix(self._anchor[0], ids), len(ids) - 1) if self._reusable(len(ids), max_new) else 0
-    past = None
+    shared = [(min(common_prefix(a, ids), len(ids) - 1), c) for a, c in self._anchors
+              if self._reusable(len(a), len(ids), max_new)]
+    keep, anchor = max(shared, key=lambda s: s[0], default=(0, None))
+    past = growing_cache(self.model.config)  # decoding appends to it without copying it
     if keep:
-        past = copy.deepcopy(self._anchor[1])
+        past = copy.deepcopy(anchor)
         past.crop(keep - past.get_seq_length())  # a negative count removes tokens from the end (old and new API)
     x = torch.tensor([ids[keep:]], device=self.device)
     _sync()
@@ -217,9 +222,32 @@ def prefill_reusing(self: HFGenerator, ids: list[int], max_new: int = 0):
     self.stats["prefill_s"] += time.perf_counter() - t
     self.stats["prefill_tokens"] += len(ids) - keep
     self.stats["reused_tokens"] += keep
-    self._anchor = (ids, copy.deepcopy(out.past_key_values))
+    self._anchors = [(ids, copy.deepcopy(out.past_key_values)), *self._anchors[:1]]
     mask = torch.ones((1, len(ids)), dtype=torch.long, device=self.device)
     return out.logits[:, -1], out.past_key_values, mask, mask.cumsum(-1) - 1
+
+# %% ../nbs/00f_llm.ipynb
+@patch
+def decode_chunks(self: HFGenerator, ids: list[list[int]]) -> list[list[list[int]]]:
+    "Consecutive prompts that decode together: up to `decode_tokens` tokens in all (one at a time for dynamic NTK)."
+    # dynamic NTK would rescale every row by the longest; a sliding-window model's cache cannot be stacked
+    alone = self.dynamic or not stackable(growing_cache(self.model.config))
+    chunks, size = [], 0
+    for x in ids:
+        if not chunks or alone or size + len(x) > self.decode_tokens:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(x)
+        size += len(x)
+    return chunks
+
+@patch
+def batch_prefilled(self: HFGenerator, firsts: list):
+    "One decoding batch (logits, cache, mask, positions) from prompts prefilled one at a time."
+    if len(firsts) == 1:
+        return firsts[0]
+    past, mask = stack_caches([f[1] for f in firsts], self.model.config)
+    return torch.cat([f[0] for f in firsts]), past, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 # %% ../nbs/00f_llm.ipynb
 class EndpointError(RuntimeError):

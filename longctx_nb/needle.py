@@ -234,13 +234,12 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
     done = {r["key"] for r in read_results(repair_jsonl(out_path))}  # a torn tail goes even when nothing is left
     todo = [c for c in cells if cell_key(model, form, hay_hash, c) not in done]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    # the needle farthest into the haystack (in tokens) first: each prompt then shares the most with the previous
-    # one; a generator reusing prefixes takes cells one at a time across lengths in that order (every context reads
-    # the haystack from its start), a batching one takes each length's cells together (one batch, no padding)
-    reuse, groups = getattr(gen, "reuse_prefix", False), {}
+    # each length's cells go together (a batching generator: one batch, no padding; one reusing prefixes: one at a
+    # time, then decoded together), the needle farthest into the haystack (in tokens) first: each prompt then shares
+    # the most with the one before, and the next length's deepest cell finds the haystack's opening in this one's
+    groups = {}
     for c in sorted(todo, key=lambda c: -c["depth"] * c["length"]):
-        key = (c["variant"], c["length"], c["depth"]) if reuse else (c["variant"], c["length"])
-        groups.setdefault(key, []).append(c)
+        groups.setdefault((c["variant"], c["length"]), []).append(c)
     overhead = {}
     t0, n, stats0 = time.perf_counter(), 0, dict(gen.stats)
     bar = tqdm(total=len(todo), desc=f"needle {model}", disable=not progress or not todo)

@@ -170,8 +170,9 @@ def test_cpu_profile_puts_smollm2_on_5_depths_by_4_lengths_past_its_window():
         spec = models[name]
         assert len(spec["depths"]) >= 5 and len(spec["lengths"]) >= 4 and max(spec["lengths"]) > 8192, name
         assert spec["reuse_prefix"] and spec["path"] == "smollm2-135m-instruct"
-    assert (models["smollm2-yarn2"]["rope"], models["smollm2-dynamic2"]["rope"]) == (
-        {"method": "yarn", "factor": 2}, {"method": "dynamic", "factor": 2})
+    assert models["smollm2-yarn2"]["rope"] == {"method": "yarn", "factor": 2}
+    smol = yaml.safe_load((ROOT / "longctx_nb" / "profiles" / "smol.yaml").read_text())["stages"]["07"]["models"]
+    assert {m.get("rope", {}).get("method") for m in smol.values()} >= {"yarn", "dynamic"}  # dynamic NTK: smol's grid
 
 
 def test_eval_stages_in_the_cpu_run(cpu_run):
@@ -186,9 +187,9 @@ def test_eval_stages_in_the_cpu_run(cpu_run):
     mid = smol[(smol.length == 2048) & (smol.depth == 50)]
     assert mid.answer_recall.iloc[0] >= 0.8, "the real model finds the needle inside its window"
     assert sorted(smol.depth.unique()) == [0, 50, 100] and sorted(smol.length.unique()) == [512, 1024, 2048]
-    # inside the window dynamic NTK's scale stays 1, so it reuses prefixes exactly as the as-is model does
+    # the same prompts in the same order: YaRN reuses prefixes exactly as the as-is model does
     share = {k: m7["speed"][k]["reused_token_share"] for k in SMOLLM2_VARIANTS}
-    assert share["smollm2"] > 0.2 and share["smollm2-dynamic2"] == share["smollm2"] == share["smollm2-yarn2"], share
+    assert share["smollm2"] > 0.2 and share["smollm2-yarn2"] == share["smollm2"], share
     src = manifest(cpu_run)["stages"]["07_needle"]["models"]
     assert src["smollm2"]["source"] == "registry" and src["smollm2"]["dtype"] == resolve_dtype_name()
     assert src["per_source"] == {"source": "run", "path": "models/per_source/phase-0/final", "dtype": resolve_dtype_name()}

@@ -78,7 +78,7 @@ def test_prefix_reuse_gives_the_same_answers_and_logits(smol_dir):
     assert gen.stats["reused_tokens"] > 0.2 * sum(map(len, ids))  # the 50% and 20% prompts reuse their prefix
     plain = HFGenerator(smol_dir, batch_size=1, max_new_tokens=12, dtype="float32")
     prompts = [gen.tok.decode(x) for x in ids]
-    gen._anchor = None
+    gen._anchors = []
     assert gen.generate(prompts) == plain.generate(prompts)
 
 
