@@ -265,7 +265,7 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
     dt = time.perf_counter() - t0
     st = {k: gen.stats[k] - stats0.get(k, 0) for k in gen.stats}
     return {"cells_run": n, "cells_skipped": len(cells) - len(todo), "seconds": dt,
-            "cells_per_s": n / dt if n else None,
+            "cells_per_s": n / dt if n else None, "prefill_s": st["prefill_s"], "decode_s": st["decode_s"],
             "prefill_tokens_per_s": st["prefill_tokens"] / st["prefill_s"] if st["prefill_s"] else None}
 
 # %% ../nbs/07_needle.ipynb
