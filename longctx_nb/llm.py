@@ -203,7 +203,7 @@ def _reusable(self: HFGenerator, anchor_len: int, n_ids: int, max_new: int) -> b
 @patch
 @torch.no_grad()
 def prefill_reusing(self: HFGenerator, ids: list[int], max_new: int = 0):
-    "Prefill one prompt reusing the previous prompt's cache for their common prefix: (logits, cache, mask, positions)."
+    "Prefill one prompt reusing the kept cache it shares most with, for that prefix: (logits, cache, mask, positions)."
     if self.dynamic:
         self.reset_dynamic_rope()
     shared = [(min(common_prefix(a, ids), len(ids) - 1), c) for a, c in self._anchors
