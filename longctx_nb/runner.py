@@ -17,6 +17,7 @@ from .core import (RUN_MODELS, RunDir, load_profile, resolve_parameters, package
 from .check import CheckReport, check_stages
 from .corpus import corpus_key
 from .models import model_main
+from .progress import PROGRESS_ENV, PROGRESS_FILE, kernel_arguments, progress_path, showing_progress
 
 # %% auto 0
 __all__ = ['RUN_CORPUS', 'STAGE_INPUTS', 'PROVENANCE', 'KERNEL_FILES', 'KERNEL_LOG', 'STOP_SIGNALS', 'ARRAY_STAGES', 'nbs_dir',
@@ -207,7 +208,8 @@ def stage_kernel(nb, stage_dir, kernel_name: str | None = None):
     km = KernelManager(kernel_name=name, config=kernel_config(stage_dir))
     log_path = Path(stage_dir) / KERNEL_LOG
     with open(log_path, "a", encoding="utf-8") as log:
-        km.start_kernel(stderr=log, cwd=str(stage_dir))
+        env = {**os.environ, PROGRESS_ENV: str(progress_path(stage_dir))}  # its tqdm bars, for the runner's line
+        km.start_kernel(stderr=log, cwd=str(stage_dir), env=env, extra_arguments=kernel_arguments())
         try: yield km
         except KeyboardInterrupt:
             kill_kernel(km)
@@ -231,7 +233,7 @@ def sweep_leftovers(root) -> list[Path]:
     # the caller holds the run lock: no other run can be building these now; `.partial` folders resume, so they stay
     root = Path(root)
     gone = [p for p in root.rglob(".*.new") if p.is_dir()]
-    gone += [p for pat in KERNEL_FILES for p in root.glob(f"*/{pat}")]
+    gone += [p for pat in (*KERNEL_FILES, PROGRESS_FILE) for p in root.glob(f"*/{pat}")]
     for p in gone:
         if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
         else: p.unlink(missing_ok=True)
@@ -325,7 +327,7 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
     write_json(rd.manifest, man)
     if gone := sweep_leftovers(rd.root):
         tqdm.write(f"removed {len(gone)} leftover(s) of killed runs: " + ", ".join(rd.rel(p) for p in gone[:5]))
-    bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage")
+    bar = tqdm(list(chosen.items()), desc="stages", disable=not progress, unit="stage", dynamic_ncols=True)
     for sid, nb in bar:
         name = nb.stem
         bar.set_postfix_str(name)
@@ -347,7 +349,7 @@ def _run_stages(rd, prof, all_, chosen, resolved, declared, params, force, publi
         write_json(rd.manifest, man)
         t0 = time.time()
         try:
-            with stage_kernel(nb, out.parent, kernel) as km:  # papermill runs the cells on it
+            with stage_kernel(nb, out.parent, kernel) as km, showing_progress(bar, name, progress_path(out.parent)):
                 pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(out.parent), km=km,
                                     progress_bar=_cell_bar(name, progress), log_output=log_output, report_mode=False)
         except KeyboardInterrupt:

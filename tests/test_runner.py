@@ -1,5 +1,5 @@
 """The runner end to end on the cpu profile: outputs, manifest, skip/force, failures, resume, bad input."""
-import json, shutil, subprocess, time
+import json, re, shutil, subprocess, time
 from pathlib import Path
 
 import nbformat, psutil, pytest
@@ -154,3 +154,14 @@ def test_thresholds_without_4096_finish_stage_01(bad_corpus, tmp_path):
             "-p", "01.on_error=skip", "-p", "01.thresholds=[8192, 65536]")
     m = json.loads((rd / "01_mixture" / "metrics.json").read_text())
     assert {k for k in m if k.startswith("share_tokens_over_")} == {"share_tokens_over_8K", "share_tokens_over_64K"}
+
+
+def test_a_stage_kernel_shows_its_bars_on_the_runner_line(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    stage_nb(nbs / "01_count.ipynb", "import time\nfrom tqdm.auto import tqdm\n"
+             "for _ in tqdm(range(5), desc='records'):\n    time.sleep(0.7)")
+    run({}, run_dir=tmp_path / "run", nbs=nbs, progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"01_count: records [1-5]/5 \[", err), err[-2000:]  # the kernel's count, on the stages line
+    assert not list((tmp_path / "run" / "01_count").glob(".progress*"))  # gone with the stage
