@@ -4,7 +4,8 @@ Usage: python bench/bench_infer.py [--dtypes auto int8] [--lengths 2048 8192] [-
 
 SmolLM2-135M-Instruct (the offline registry model) loaded once per precision (`infer.resolve_dtype`): prefill
 tokens/s of one prompt of each length (real text, logits of the last position only, as generation prefills) and
-decoding tokens/s at each batch size (greedy, `--new` steps, no early stop), each line ending with its ratio to
+decoding tokens/s at each batch size (greedy, `--new` steps after a 256-token prompt, no early stop, the growing cache
+that generation uses), each line ending with its ratio to
 float32. Then the greedy answers of every path to a fixed set of prompts (chat questions, passkeys and a needle at
 2K) are compared with float32's, and the differences counted. bfloat16 on a CPU without native bf16 instructions is
 emulated and several times slower than float32: it is measured only when asked for by name.
@@ -13,7 +14,7 @@ import argparse, time
 
 import torch
 
-from longctx_nb.infer import native_bf16, resolve_dtype
+from longctx_nb.infer import growing_cache, native_bf16, resolve_dtype
 from longctx_nb.llm import HFGenerator
 from longctx_nb.models import resolve_model
 from longctx_nb.needle import build_context, load_haystack, render_prompt, variant_spec
@@ -47,8 +48,8 @@ def prefill_tps(gen, ids: list[int]) -> float:
 @torch.no_grad()
 def decode_tps(gen, ids: list[int], batch: int, steps: int) -> float:
     "Tokens per second of `steps` greedy decoding steps for `batch` copies of a prompt, after its prefill."
-    x = torch.tensor([ids] * batch)
-    out = gen.model(input_ids=x, use_cache=True, logits_to_keep=1)
+    x = torch.tensor([ids] * batch)  # the cache generation uses (appends without copying)
+    out = gen.model(input_ids=x, past_key_values=growing_cache(gen.model.config), use_cache=True, logits_to_keep=1)
     past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
     t = time.perf_counter()
     for _ in range(steps):

@@ -18,7 +18,7 @@ from .core import DTYPES  # the values of a generator's `dtype` setting, which p
 
 # %% auto 0
 __all__ = ['ATTN', 'cpu_flags', 'native_bf16', 'resolve_dtype', 'Int8Linear', 'quantize_int8', 'split_attention',
-           'offset_causal_attention', 'GrowingLayer', 'growing_cache', 'stackable', 'stack_caches']
+           'decode_attention', 'offset_causal_attention', 'GrowingLayer', 'growing_cache', 'stackable', 'stack_caches']
 
 # %% ../nbs/00o_infer.ipynb
 def cpu_flags(path="/proc/cpuinfo") -> set[str]:
@@ -95,11 +95,27 @@ def split_attention(query, key, value, scale=None) -> torch.Tensor:
     lse = torch.logaddexp(l1, l2)
     return (o1.float() * torch.exp(l1 - lse)[..., None] + o2.float() * torch.exp(l2 - lse)[..., None]).to(query.dtype)
 
+def decode_attention(query, key, value, mask=None, scale=None) -> torch.Tensor:
+    "One query per sequence over its cache as two batched matmuls, scores in float32: (batch, heads, 1, dim)."
+    b, h, q, d = query.shape
+    kvh = key.shape[1]
+    scores = torch.matmul(query.reshape(b, kvh, h // kvh * q, d), key.transpose(-1, -2)).float()  # grouped heads
+    scores = scores.mul_(scale or d ** -0.5).view(b, kvh, h // kvh, q, -1)
+    if mask is not None and mask.dtype == torch.bool:  # (batch, 1, q, kv): True where a key is seen
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    elif mask is not None:  # additive: 0 where seen, -inf where not
+        scores = scores + mask[:, :, None]
+    probs = scores.view(b, kvh, h // kvh * q, -1).softmax(-1).to(value.dtype)
+    return torch.matmul(probs, value).view(b, h, q, d)
+
 def offset_causal_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                             is_causal=None, **kwargs):
-    "Transformers' attention signature: the split path for a suffix after a cached prefix on CPU, else SDPA."
+    "Transformers' attention signature: on CPU the split path for a suffix after a cached prefix, matmuls for a "
+    "reduced-precision decoding step, else SDPA."
     q, kv = query.shape[2], key.shape[2]
     plain = dropout == 0.0 and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+    if plain and query.device.type == "cpu" and q == 1 and query.dtype in (torch.bfloat16, torch.float16):
+        return decode_attention(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
     if plain and query.device.type == "cpu" and 1 < q < kv and _is_offset_causal(attention_mask, q, kv):
         groups = query.shape[1] // key.shape[1]
         out = split_attention(query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
