@@ -6,7 +6,9 @@ SmolLM2-135M-Instruct (the offline registry model) loaded once per precision (`i
 tokens/s of one prompt of each length (real text, logits of the last position only, as generation prefills) and
 decoding tokens/s at each batch size (greedy, `--new` steps after a 256-token prompt, no early stop, the growing cache
 that generation uses), each line ending with its ratio to
-float32. Then the greedy answers of every path to a fixed set of prompts (chat questions, passkeys and a needle at
+float32. For a reduced-precision path, the causal attention of the longest prefill alone, in float32 and in that
+precision: the CPU's flash kernel runs no faster in bf16, which is why long prefills gain less than short ones. Then the
+greedy answers of every path to a fixed set of prompts (chat questions, passkeys and a needle at
 2K) are compared with float32's, and the differences counted. bfloat16 on a CPU without native bf16 instructions is
 emulated and several times slower than float32: it is measured only when asked for by name.
 """
@@ -58,11 +60,25 @@ def decode_tps(gen, ids: list[int], batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
+@torch.no_grad()
+def attention_s(config, n: int, dtype) -> float:
+    "Seconds of the causal SDPA of one prefill of `n` tokens over all layers, at the model's head shape, in `dtype`."
+    d = config.hidden_size // config.num_attention_heads
+    q = torch.randn(1, config.num_attention_heads, n, d, dtype=dtype)
+    k, v = (torch.randn(1, config.num_key_value_heads, n, d, dtype=dtype) for _ in range(2))
+    attn = torch.nn.functional.scaled_dot_product_attention
+    attn(q[:, :, :64], k[:, :, :64], v[:, :, :64], is_causal=True, enable_gqa=True)
+    t = time.perf_counter()
+    attn(q, k, v, is_causal=True, enable_gqa=True)
+    return (time.perf_counter() - t) * config.num_hidden_layers
+
+
 def measure(dtype: str, path, hay: str, args) -> dict:
     "Speeds and answers of one precision path."
     gen = HFGenerator(path, batch_size=1, max_new_tokens=24, dtype=dtype)
     text_ids = gen.encode(hay)
-    res = {"name": gen.dtype, "prefill": {}, "decode": {}}
+    res = {"name": gen.dtype, "prefill": {}, "decode": {}, "config": gen.model.config,
+           "compute": next(gen.model.parameters()).dtype}
     for n in args.lengths:
         res["prefill"][n] = prefill_tps(gen, text_ids[:n])
     for b in args.batches:
@@ -95,6 +111,12 @@ def main():
         for b, v in r["decode"].items():
             print(f"decode  batch {b:3d}     {r['name']:>14s} {v:8.1f} tok/s  float32 {base['decode'][b]:8.1f} tok/s"
                   f"  {v / base['decode'][b]:.2f}×")
+        if r["compute"] != torch.float32:  # why long prefills gain less: attention is as slow in bf16 as in float32
+            n = max(args.lengths)
+            a32, a16 = attention_s(r["config"], n, torch.float32), attention_s(r["config"], n, r["compute"])
+            name = str(r["compute"]).removeprefix("torch.")
+            print(f"attention alone in one {n:,d}-token prefill: float32 {a32:.1f} s, {name} {a16:.1f} s "
+                  f"({a32 / a16:.2f}×; of float32's whole prefill: {a32 * base['prefill'][n] / n:.0%})")
         diff = [i for i, (a, f) in enumerate(zip(r["answers"], base["answers"])) if a != f]
         print(f"answers {r['name']}: {len(r['answers']) - len(diff)}/{len(r['answers'])} identical to float32's"
               + "".join(f"\n  [{i}] float32 {base['answers'][i]!r}\n      {r['name']} {r['answers'][i]!r}"

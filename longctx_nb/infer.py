@@ -99,8 +99,10 @@ def decode_attention(query, key, value, mask=None, scale=None) -> torch.Tensor:
     "One query per sequence over its cache as two batched matmuls, scores in float32: (batch, heads, 1, dim)."
     b, h, q, d = query.shape
     kvh = key.shape[1]
-    scores = torch.matmul(query.reshape(b, kvh, h // kvh * q, d), key.transpose(-1, -2)).float()  # grouped heads
-    scores = scores.mul_(scale or d ** -0.5).view(b, kvh, h // kvh, q, -1)
+    # keys times queries, not queries times transposed keys: a cache is a view into spare room, and bmm copies that
+    # view whole when it is the transposed operand (a copy of the cache per layer and step)
+    scores = torch.matmul(key, query.reshape(b, kvh, h // kvh * q, d).transpose(-1, -2))  # heads grouped by key head
+    scores = scores.float().transpose(-1, -2).contiguous().mul_(scale or d ** -0.5).view(b, kvh, h // kvh, q, -1)
     if mask is not None and mask.dtype == torch.bool:  # (batch, 1, q, kv): True where a key is seen
         scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     elif mask is not None:  # additive: 0 where seen, -inf where not

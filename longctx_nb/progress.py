@@ -12,7 +12,7 @@ from tqdm.std import tqdm as std_tqdm  # every tqdm bar, text or notebook, regis
 from .core import write_text
 
 # %% auto 0
-__all__ = ['PROGRESS_ENV', 'PROGRESS_FILE', 'progress_path', 'open_bars', 'bar_line', 'bars_line', 'report_bars',
+__all__ = ['PROGRESS_ENV', 'PROGRESS_FILE', 'progress_path', 'open_bars', 'bar_line', 'bars_line', 'report_bars', 'quiet_bar',
            'kernel_arguments', 'read_progress', 'showing_progress']
 
 # %% ../nbs/00p_progress.ipynb
@@ -62,6 +62,13 @@ def report_bars(path=None, every: float = 1.0) -> threading.Thread | None:
     t = threading.Thread(target=loop, name="longctx-progress", daemon=True)
     t.start()
     return t
+
+_NULL = []  # the one os.devnull handle quiet bars write to, opened on first use
+
+def quiet_bar(**kw) -> std_tqdm:
+    "A tqdm bar that prints nothing: its count shows on the runner's line only (for loops that show their own)."
+    if not _NULL: _NULL.append(open(os.devnull, "w", encoding="utf-8"))
+    return std_tqdm(file=_NULL[0], **kw)
 
 def kernel_arguments() -> list[str]:
     "IPython arguments that make a kernel start `report_bars` before its first cell."

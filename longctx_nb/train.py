@@ -18,14 +18,15 @@ from accelerate.utils import ParallelismConfig, DeepSpeedSequenceParallelConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .core import write_json, read_json, save_figure, swap_dir, plot_theme, follow_umask
+from .progress import quiet_bar
 
 # %% auto 0
 __all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_implementation', 'tiny_llama', 'load_model',
            'packed_causal_mask', 'packed_sdpa', 'register_packed_sdpa', 'resolve_attention', 'use_attention',
            'packed_sdpa_bound', 'TrainConfig', 'steps_for', 'weighted_nll_sum', 'weighted_lm_loss', 'shift_weights',
-           'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'StepTimer', 'last_checkpoint',
-           'run_key', 'finished_run', 'run_folder', 'check_parallel', 'init_process_state', 'sequence_parallel',
-           'training_args', 'train_lm', 'plot_training']
+           'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'StepCount', 'StepTimer',
+           'last_checkpoint', 'run_key', 'finished_run', 'run_folder', 'check_parallel', 'init_process_state',
+           'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 FLASH = ("flash_attention_2", "flash_attention_4")  # flash-attn kernels, in order of preference
@@ -263,6 +264,23 @@ class ThroughputCallback(TrainerCallback):
         logs.update(add)
         if state.log_history: state.log_history[-1].update(add)  # the history holds a copy made before callbacks
 
+class StepCount(TrainerCallback):
+    "Trainer callback counting optimizer steps in a `quiet_bar`, for the runner's line (the notebook's own bar is HTML)."
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        "Open the count at the step this run starts from."
+        self.bar = quiet_bar(total=state.max_steps, initial=state.global_step, desc=self.desc)
+
+    def on_step_end(self, args, state, control, **kw):
+        "Count one optimizer step."
+        if self.bar is not None: self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kw):
+        "Close the count."
+        if self.bar is not None: self.bar.close()
+
 class StepTimer(TrainerCallback):
     "Trainer callback keeping `[global_step, seconds]` for every optimizer step this process trained."
     def __init__(self):
@@ -396,10 +414,11 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     args = training_args(cfg, out_dir, steps, accum, configured, par)
     tp = ThroughputCallback(tokens_per_step or accum * cfg.micro_batch * seq_len * _world() // cfg.sp_size)
     timer = StepTimer()
+    count = StepCount(f"training {final.parent.name}/{final.name}")  # on the runner's line
     if hasattr(model.config, "use_cache"): model.config.use_cache = False
     if cfg.tiled_mlp: tile_mlp(model, cfg.tiled_mlp)
     trainer = WeightedLossTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                  callbacks=[tp, timer, *callbacks], eval_dataset=eval_dataset)
+                                  callbacks=[tp, timer, count, *callbacks], eval_dataset=eval_dataset)
     trainer.lc_cfg = cfg
     t0 = time.time()
     resume = last_checkpoint(out_dir)  # a killed or preempted run of the same key goes on from its last checkpoint
