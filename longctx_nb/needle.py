@@ -252,6 +252,7 @@ def run_grid(gen, cells: list[dict], haystack: str, form: str, out_path, model: 
         built = [build_context(gen.tok, sp.get("filler", haystack), c["length"] - overhead[(variant, form)],
                                c["depth"], sp["needles"]) for c, sp in zip(cs, specs)]
         prompts = [render_prompt(form, b["context"], sp["question"]) for b, sp in zip(built, specs)]
+        bar.set_postfix_str(f"{variant} {cs[0]['length']:,} tokens x {len(cs)}")  # a long group takes minutes
         outs = gen.generate(prompts)
         lines = []
         for c, sp, b, o in zip(cs, specs, built, outs):

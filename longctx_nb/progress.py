@@ -36,7 +36,8 @@ def bar_line(bar) -> str:
     rate = d["rate"] or (n / el if el and n else None)
     left = f"<{std_tqdm.format_interval((total - n) / rate)}" if total and rate else ""
     count = f"{n:,.0f}/{total:,.0f}" if total else f"{n:,.0f}"
-    return f"{(d['prefix'] or '').strip().rstrip(':')} {count} [{std_tqdm.format_interval(el)}{left}]".strip()
+    note = f" {d['postfix']}" if d.get("postfix") else ""  # what the loop is on now (`set_postfix_str`)
+    return f"{(d['prefix'] or '').strip().rstrip(':')} {count} [{std_tqdm.format_interval(el)}{left}]{note}".strip()
 
 def bars_line() -> str:
     "Every open bar of this process on one line, outermost first."

@@ -265,7 +265,7 @@ class ThroughputCallback(TrainerCallback):
         if state.log_history: state.log_history[-1].update(add)  # the history holds a copy made before callbacks
 
 class StepCount(TrainerCallback):
-    "Trainer callback counting optimizer steps in a `quiet_bar`, for the runner's line (the notebook's own bar is HTML)."
+    "Trainer callback counting optimizer steps in a `quiet_bar`, for the runner's line (a notebook's bar is HTML)."
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
