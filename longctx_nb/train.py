@@ -25,8 +25,8 @@ __all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_impleme
            'packed_causal_mask', 'packed_sdpa', 'register_packed_sdpa', 'resolve_attention', 'use_attention',
            'packed_sdpa_bound', 'TrainConfig', 'steps_for', 'weighted_nll_sum', 'weighted_lm_loss', 'shift_weights',
            'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'StepCount', 'StepTimer',
-           'last_checkpoint', 'run_key', 'finished_run', 'run_folder', 'check_parallel', 'init_process_state',
-           'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
+           'last_checkpoint', 'run_key', 'finished_run', 'run_folder', 'claim_run_folder', 'check_parallel',
+           'init_process_state', 'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 FLASH = ("flash_attention_2", "flash_attention_4")  # flash-attn kernels, in order of preference
@@ -313,16 +313,27 @@ def finished_run(out_dir, key: str) -> dict | None:
     done = read_json(Path(out_dir) / "train_log.json")
     return done if done and done.get("finished") and done.get("key") == key else None
 
-def run_folder(out_dir, key: str) -> Path:
-    "Where this run trains: `out_dir`, or beside a finished run of other settings; removes another run's checkpoints."
+def run_folder(out_dir, key: str, main: bool = True) -> Path:
+    "Where this run trains: `out_dir`, or beside a finished run of other settings; `main` clears stale checkpoints."
     final = out_dir = Path(out_dir)
     done = read_json(out_dir / "train_log.json")
     if done and done.get("finished"):  # a finished model of other settings or data stays until this run finishes
         out_dir = final.with_name(f".{final.name}.partial")
         if _is_main(): print(f"{final.name}: trained with other settings, start or data; retraining beside it")
-    if out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
+    if main and out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run: never resume them
     return out_dir
+
+def claim_run_folder(out_dir, key: str, main: bool = True, timeout: float = 600) -> Path:
+    "Mark `out_dir` as the run of `key` (`main`), or wait until the main process has marked it."
+    marker = Path(out_dir) / "run_key.json"
+    if main: return write_json(marker, {"key": key}).parent
+    t0 = time.monotonic()
+    while read_json(marker, {}).get("key") != key:  # the main process may still be clearing another run's folder
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{marker}: the main process did not claim this run folder within {timeout:.0f} s")
+        time.sleep(0.1)
+    return Path(out_dir)
 
 # %% ../nbs/00e_train.ipynb
 def check_parallel(cfg: TrainConfig, model, evaluating: bool = False) -> None:
@@ -405,10 +416,10 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
     done = finished_run(out_dir, key)
     if done: return done  # finished earlier, same run
     final = Path(out_dir)
-    out_dir = run_folder(final, key)
+    out_dir = run_folder(final, key, main=_is_main())
     if cfg.attention: use_attention(model, cfg.attention, cfg.sp_size, training=True)
     check_parallel(cfg, model, evaluating=eval_dataset is not None)
-    if _is_main(): write_json(out_dir / "run_key.json", {"key": key})
+    claim_run_folder(out_dir, key, main=_is_main())  # the other ranks wait: no rank trains in a folder being cleared
     configured = init_process_state(cfg)  # use_cpu=True would silently turn DeepSpeed off: gloo state instead
     par, bound, collator = sequence_parallel(cfg, model, collator)
     args = training_args(cfg, out_dir, steps, accum, configured, par)
