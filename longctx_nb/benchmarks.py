@@ -13,6 +13,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import lm_eval
+from lm_eval.loggers.utils import add_env_info
 from lm_eval.tasks._yaml_loader import load_yaml
 from lm_eval.utils import apply_template
 
@@ -29,9 +30,9 @@ __all__ = ['LM_EVAL_TASKS', 'NIAH', 'RULER_YAML', 'RULER_QA', 'RULER_CATEGORY', 
            'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'SHORT_METRIC', 'FIXTURE_MC', 'ruler_modules',
            'essay_haystack', 'read_qa', 'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task', 'longbench_docs',
            'longbench_task', 'longbench_fixture', 'mc_fixture', 'mc_task', 'retention', 'plot_retention', 'result_rows',
-           'effective_length', 'ruler_average', 'plot_ruler_heatmap', 'plot_ruler_average', 'longbench_groups',
-           'plot_longbench', 'lm_for', 'evaluate_model', 'sample_records', 'saved_result', 'result_path',
-           'samples_path', 'merge_results']
+           'effective_length', 'ruler_average', 'cell_labels', 'plot_ruler_heatmap', 'plot_ruler_average',
+           'longbench_groups', 'plot_longbench', 'lm_for', 'env_info_once', 'evaluate_model', 'sample_records',
+           'saved_result', 'result_path', 'samples_path', 'merge_results']
 
 # %% ../nbs/09_benchmarks.ipynb
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -296,15 +297,21 @@ def _window_line(ax, lengths: list[int], train_len: int | None, y: float):
     ax.axvline(inside, color="black", ls="--", lw=1.2)
     ax.text(inside + 0.05, y, f"window {train_len:,}", fontsize=7)
 
+def cell_labels(score: pd.DataFrame, stderr: pd.DataFrame) -> np.ndarray:
+    "Heatmap labels: each score (%), with its standard error under it where the cell has one (two samples or more)."
+    label = lambda v, s: "" if pd.isna(v) else f"{v:.0f}" if pd.isna(s) else f"{v:.0f}\n±{s:.0f}"
+    return np.vectorize(label, otypes=[object])(score.to_numpy(float), stderr.to_numpy(float))
+
 def plot_ruler_heatmap(table: pd.DataFrame, model: str, train_len: int | None = None):
-    "Task × length heatmap of one model's RULER scores (%), its training window marked."
+    "Task × length heatmap of one model's RULER scores (%) and their standard errors, its training window marked."
     import matplotlib.pyplot as plt, seaborn as sns  # plotting libraries load only when a figure is drawn
     plot_theme(font_scale=0.85)
     r = table[(table.model == model) & (table.group == "ruler") & (table.metric == "score")]
     piv = r.pivot_table(index="task", columns="length", values="value").reindex(
         [t for t in RULER_TASKS if t in set(r.task)]) * 100
-    fig, ax = plt.subplots(figsize=(1.0 * piv.shape[1] + 3.2, 0.42 * piv.shape[0] + 1.6))
-    sns.heatmap(piv, annot=True, fmt=".0f", cmap="RdYlGn", vmin=0, vmax=100, ax=ax, linewidths=0.5,
+    se = r.pivot_table(index="task", columns="length", values="stderr").reindex(index=piv.index, columns=piv.columns)
+    fig, ax = plt.subplots(figsize=(1.0 * piv.shape[1] + 3.2, 0.55 * piv.shape[0] + 1.6))
+    sns.heatmap(piv, annot=cell_labels(piv, se * 100), fmt="", cmap="RdYlGn", vmin=0, vmax=100, ax=ax, linewidths=0.5,
                 cbar_kws={"label": "score (%)"})
     ax.set(xlabel="context length (tokens)", ylabel="", title=f"RULER — {model}")
     ax.tick_params(axis="y", rotation=0)
@@ -375,6 +382,13 @@ def lm_for(gen, max_length: int, batch_size: int = 1):
     return HFLM(pretrained=gen.model, tokenizer=gen.tok, max_length=max_length, batch_size=batch_size,
                 device=str(gen.device))
 
+_ENV_INFO: dict = {}
+
+def env_info_once(storage: dict) -> None:
+    "lm-eval's environment record (pip packages, CPU, ..., read by subprocesses: 0.7 s a call), read once a process."
+    if not _ENV_INFO: add_env_info(_ENV_INFO)
+    storage.update(_ENV_INFO)
+
 def evaluate_model(gen, configs: list, chat: bool, max_length: int, batch_size: int = 1, seed: int = 0,
                    limit: int | None = None, num_fewshot: int | None = None, lm=None) -> dict:
     "lm-eval's `simple_evaluate` of task `configs` (or lm-eval's names) on a suite generator's model; the result."
@@ -382,10 +396,12 @@ def evaluate_model(gen, configs: list, chat: bool, max_length: int, batch_size: 
     lm = lm or lm_for(gen, max_length, batch_size)
     chat = chat or isinstance(gen, EndpointGenerator)  # a chat-completions server takes messages only
     tm = TaskManager(include_defaults=any(isinstance(c, str) for c in configs))  # names: lm-eval's own tasks
-    run = lambda: lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tm, num_fewshot=num_fewshot,
-                                         apply_chat_template=chat, bootstrap_iters=1000, log_samples=True,
-                                         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                         fewshot_random_seed=seed, limit=limit)
+    def run():
+        with mock.patch("lm_eval.evaluator.add_env_info", env_info_once):  # the same for every call of a process
+            return lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tm, num_fewshot=num_fewshot,
+                                           apply_chat_template=chat, bootstrap_iters=1000, log_samples=True,
+                                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                           fewshot_random_seed=seed, limit=limit)
     if isinstance(gen, EndpointGenerator):  # lm-eval's API client starts an event loop: not in a kernel's own thread
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(run).result()

@@ -23,6 +23,7 @@ def check_stage(run, p: dict):
         want = {(task, L) for task in ruler for L in spec.get("lengths", p["lengths"])}
         assert set(zip(got.task, got.length)) == want, name
         assert got.value.between(0, 1).all() and (got.samples == p["samples_per_cell"]).all()
+        assert got.stderr.notna().all() == (p["samples_per_cell"] > 1)  # two samples or more: a standard error
         lb = scored[(scored.model == name) & scored.task.str.startswith("longbench_")]
         assert sorted(lb.task) == sorted(longbench) and lb.length.isna().all() and lb.value.between(0, 1).all()
         assert (lb.samples == p["longbench_samples"]).all()
