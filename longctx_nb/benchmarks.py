@@ -313,7 +313,10 @@ def plot_ruler_heatmap(table: pd.DataFrame, model: str, train_len: int | None = 
     fig, ax = plt.subplots(figsize=(1.0 * piv.shape[1] + 3.2, 0.55 * piv.shape[0] + 1.6))
     sns.heatmap(piv, annot=cell_labels(piv, se * 100), fmt="", cmap="RdYlGn", vmin=0, vmax=100, ax=ax, linewidths=0.5,
                 cbar_kws={"label": "score (%)"})
-    ax.set(xlabel="context length (tokens)", ylabel="", title=f"RULER — {model}")
+    n = sorted(set(r["samples"].dropna().astype(int))) if "samples" in r else []
+    each = f"{n[0]} samples a cell, " if len(n) == 1 else ""
+    ax.set(xlabel="context length (tokens)", ylabel="",
+           title=f"RULER — {model}" + (f"\n{each}± standard error" if se.notna().any().any() else ""))
     ax.tick_params(axis="y", rotation=0)
     _window_line(ax, list(piv.columns), train_len, 0.3)
     fig.tight_layout()
