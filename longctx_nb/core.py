@@ -14,12 +14,12 @@ from fastcore.basics import patch
 # %% auto 0
 __all__ = ['SLIMPAJAMA_MIX', 'DOMAINS', 'SHORT', 'UMASK', 'PROFILES_DIR', 'STRATEGIES', 'DTYPES', 'SPEC_RULES', 'ENDPOINT_RULES',
            'TRAIN_RULES', 'RULER_TASKS', 'LONGBENCH_TASKS', 'MODEL_RULES', 'PARAM_RULES', 'RUN_MODELS', 'FINAL',
-           'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir', 'package_dir', 'repo_root',
-           'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json', 'replacing_dir', 'swap_dir',
-           'file_lock', 'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl', 'seed_everything', 'stable_hash',
-           'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key', 'load_profile', 'parse_override',
-           'resolve_parameters', 'param_rule', 'spec_rule', 'check_parameter', 'check_parameters', 'RunDir',
-           'save_figure', 'plot_theme', 'package_versions', 'git_commit']
+           'TRAIN_LOG', 'RUN_KEY', 'SEQ_INDEX', 'SEQ_STALE', 'SFT_LONG', 'SFT_MIX', 'domain_name', 'cache_dir',
+           'package_dir', 'repo_root', 'atomic_path', 'follow_umask', 'write_text', 'write_json', 'read_json',
+           'replacing_dir', 'swap_dir', 'file_lock', 'JsonlRecords', 'read_jsonl', 'repair_jsonl', 'append_jsonl',
+           'seed_everything', 'stable_hash', 'stable_uniform', 'file_sha256', 'file_key', 'path_key', 'stable_key',
+           'load_profile', 'parse_override', 'resolve_parameters', 'param_rule', 'spec_rule', 'check_parameter',
+           'check_parameters', 'RunDir', 'save_figure', 'plot_theme', 'package_versions', 'git_commit']
 
 # %% ../nbs/00_core.ipynb
 SLIMPAJAMA_MIX = {  # redpajama_set_name -> token share in SlimPajama
@@ -558,6 +558,8 @@ def check_parameters(resolved: dict[str, dict], declared: dict[str, dict]) -> No
 # %% ../nbs/00_core.ipynb
 RUN_MODELS = "models/"  # how a parameter names a model in the run folder: `models/<name>[/phase-<k>]/final`
 FINAL = "final"         # the sub-folder of a training output that holds its last weights
+TRAIN_LOG = "train_log.json"  # a training output's log, written when the run finishes
+RUN_KEY = "run_key.json"      # the identity of the run training into a folder, written as it starts
 
 class RunDir:
     "Every path a stage reads or writes inside one run folder, named here and nowhere else."

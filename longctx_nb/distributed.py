@@ -13,7 +13,7 @@ import torch
 
 import yaml
 
-from .core import RUN_MODELS, RunDir, read_json, write_json, write_text, save_figure
+from .core import RUN_MODELS, TRAIN_LOG, RunDir, read_json, write_json, write_text, save_figure
 from .models import resolve_model
 from .tokenizer import load_tokenizer
 from .train import TrainConfig, train_lm, tiny_llama, load_model
@@ -218,7 +218,7 @@ def launch(job_path, launcher: str = "torchrun", nproc: int = 2, timeout: int = 
         r = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
         if r.returncode:
             raise RuntimeError(f"{launcher} phase {k} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-        logs.append(read_json(Path(spec["out"]) / f"phase-{k}" / "train_log.json"))
+        logs.append(read_json(Path(spec["out"]) / f"phase-{k}" / TRAIN_LOG))
     return logs
 
 # %% ../nbs/06_distributed.ipynb

@@ -17,7 +17,7 @@ from accelerate.state import PartialState
 from accelerate.utils import ParallelismConfig, DeepSpeedSequenceParallelConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .core import write_json, read_json, save_figure, swap_dir, plot_theme, follow_umask
+from .core import RUN_KEY, TRAIN_LOG, write_json, read_json, save_figure, swap_dir, plot_theme, follow_umask
 from .progress import quiet_bar
 
 # %% auto 0
@@ -310,23 +310,23 @@ def run_key(cfg: TrainConfig, seq_len: int, n: int, init=None, data=None) -> str
 
 def finished_run(out_dir, key: str) -> dict | None:
     "The log of a run that already finished into `out_dir` under `key`, or None."
-    done = read_json(Path(out_dir) / "train_log.json")
+    done = read_json(Path(out_dir) / TRAIN_LOG)
     return done if done and done.get("finished") and done.get("key") == key else None
 
 def run_folder(out_dir, key: str, main: bool = True) -> Path:
     "Where this run trains: `out_dir`, or beside a finished run of other settings; `main` clears stale checkpoints."
     final = out_dir = Path(out_dir)
-    done = read_json(out_dir / "train_log.json")
+    done = read_json(out_dir / TRAIN_LOG)
     if done and done.get("finished"):  # a finished model of other settings or data stays until this run finishes
         out_dir = final.with_name(f".{final.name}.partial")
         if _is_main(): print(f"{final.name}: trained with other settings, start or data; retraining beside it")
-    if main and out_dir.exists() and read_json(out_dir / "run_key.json", {}).get("key") != key:
+    if main and out_dir.exists() and read_json(out_dir / RUN_KEY, {}).get("key") != key:
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of a different run: never resume them
     return out_dir
 
 def claim_run_folder(out_dir, key: str, main: bool = True, timeout: float = 600) -> Path:
     "Mark `out_dir` as the run of `key` (`main`), or wait until the main process has marked it."
-    marker = Path(out_dir) / "run_key.json"
+    marker = Path(out_dir) / RUN_KEY
     if main: return write_json(marker, {"key": key}).parent
     t0 = time.monotonic()
     while read_json(marker, {}).get("key") != key:  # the main process may still be clearing another run's folder
@@ -444,7 +444,7 @@ def train_lm(model, dataset, out_dir, cfg: TrainConfig, collator=None, callbacks
            "step_times": timer.steps,  # [step, seconds] of the steps this process trained (a resumed run: the rest)
            "history": trainer.state.log_history, "finished": True}
     if _is_main():
-        write_json(out_dir / "train_log.json", log)
+        write_json(out_dir / TRAIN_LOG, log)
         for ck in out_dir.glob("checkpoint-*"): shutil.rmtree(ck)  # a finished run resumes from its log, not these
         if out_dir != final: swap_dir(out_dir, final)
     return log

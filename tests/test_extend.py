@@ -5,6 +5,7 @@ import json, shutil
 import pandas as pd
 
 from conftest import longctx, manifest
+from longctx_nb.core import TRAIN_LOG
 from longctx_nb.extend import rope_config, model_inv_freq, rope_inv_freq
 from longctx_nb.train import load_model
 
@@ -38,8 +39,8 @@ def test_progressive_schedule_runs_phases_back_to_back(cpu_run, tmp_path):
     phases = "[{seq_len: 512, rope_theta: 40000.0, max_tokens: 4096}, {seq_len: 1024, rope_theta: 160000.0, max_tokens: 4096}]"
     longctx("run", "--run-dir", str(rd), "--stages", "03", "-p", f"03.phases={phases}", "-p", "03.strategies=[per_source]",
             "-p", "03.base_train={lr: 0.003, max_tokens: 16384, batch_tokens: 2048, micro_batch: 8}", "-p", "03.eval_docs=1")
-    p0 = json.loads((rd / "models" / "per_source" / "phase-0" / "train_log.json").read_text())
-    p1 = json.loads((rd / "models" / "per_source" / "phase-1" / "train_log.json").read_text())
+    p0 = json.loads((rd / "models" / "per_source" / "phase-0" / TRAIN_LOG).read_text())
+    p1 = json.loads((rd / "models" / "per_source" / "phase-1" / TRAIN_LOG).read_text())
     assert (p0["seq_len"], p1["seq_len"]) == (512, 1024) and p0["finished"] and p1["finished"]
     m1 = load_model(rd / "models" / "per_source" / "phase-1" / "final")
     assert m1.config.rope_parameters["rope_theta"] == 160000.0 and m1.config.max_position_embeddings == 1024

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 import longctx_nb.longbench_chat as lb
 import longctx_nb.upsample as up
 from conftest import ROOT, LONGCTX, CPU_ARGS, copy_stages_01_02, longctx, manifest, stage_nb
-from longctx_nb.core import read_jsonl, append_jsonl
+from longctx_nb.core import RUN_KEY, TRAIN_LOG, read_jsonl, append_jsonl
 from longctx_nb.corpus import doc_record, write_shards
 from longctx_nb.llm import EndpointGenerator, LoopbackJudge, OpenAIClient
 from longctx_nb.needle import grid_cells, read_results, run_grid
@@ -145,12 +145,12 @@ def test_retraining_with_other_settings_keeps_the_finished_model_until_done(tmp_
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == 3: raise KeyboardInterrupt("killed")
     with pytest.raises(KeyboardInterrupt): train_lm(model(), Rand(), tmp_path / "phase", cfg(1e-3), callbacks=[Kill()])
-    assert json.loads((tmp_path / "phase" / "train_log.json").read_text())["key"] == first["key"]
+    assert json.loads((tmp_path / "phase" / TRAIN_LOG).read_text())["key"] == first["key"]
     assert (tmp_path / "phase" / "final" / "config.json").exists()          # the finished model is still there
     assert (tmp_path / ".phase.partial" / "checkpoint-2").exists()           # the new run's progress, beside it
     second = train_lm(model(), Rand(), tmp_path / "phase", cfg(1e-3))          # resumes from that checkpoint
     assert second["key"] != first["key"] and second["steps"] == 6
-    assert json.loads((tmp_path / "phase" / "train_log.json").read_text())["key"] == second["key"]
+    assert json.loads((tmp_path / "phase" / TRAIN_LOG).read_text())["key"] == second["key"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phase"]
 
 
@@ -323,7 +323,7 @@ def test_ctrl_c_in_stage_06_stops_torchrun_and_its_workers(cpu_run, tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     workers = lambda: [c for c in _processes_naming(str(rd)).values() if "longctx_nb.distributed" in c]
     t0 = time.time()  # torchrun and its two workers (each in a session of its own), training
-    while len(workers()) < 3 or not (rd / "models" / "distributed" / "phase-0" / "run_key.json").exists():
+    while len(workers()) < 3 or not (rd / "models" / "distributed" / "phase-0" / RUN_KEY).exists():
         assert p.poll() is None and time.time() - t0 < 300, p.communicate()[1][-3000:]
         time.sleep(0.2)
     time.sleep(2)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import LONGCTX, ROOT, Background, manifest
+from longctx_nb.core import TRAIN_LOG
 
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 SUITE = ROOT / "slurm" / "longctx_suite.sbatch"
@@ -149,13 +150,13 @@ def test_sbatch_stopped_mid_training_requeues_skips_finished_stages_resumes_and_
     assert "02_upsample: completed earlier with the same parameters, skipped" in second
     runs = manifest(run_dir)["runs"]
     assert runs[0]["stages"] == ["01", "02", "03"] and "03_extend" not in runs[1].get("skipped", [])
-    base = json.loads((run_dir / BASE / "train_log.json").read_text())
+    base = json.loads((run_dir / BASE / TRAIN_LOG).read_text())
     assert base["resumed_from_step"] >= 4 and base["resumed_from_step"] % 4 == 0 and base["steps"] == 20
     st = manifest(run_dir)["stages"]
     assert all(st[s]["status"] == "completed" for s in ("01_mixture", "02_upsample", "03_extend", "06_distributed"))
     # stage 06's job ran under srun + torchrun on 2 processes, both phases
     for k in (0, 1):
-        jl = json.loads((run_dir / JOB / f"phase-{k}" / "train_log.json").read_text())
+        jl = json.loads((run_dir / JOB / f"phase-{k}" / TRAIN_LOG).read_text())
         assert jl["world"] == 2 and jl["finished"]
 
     # the same stages run locally (local_run): the same bytes for the data and the same weights, the resumed base
