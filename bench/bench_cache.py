@@ -12,7 +12,7 @@ import argparse, copy, time
 import torch
 from transformers import DynamicCache
 
-from longctx_nb.infer import growing_cache
+from longctx_nb.infer import CACHE_ARG, growing_cache, model_cache
 from longctx_nb.llm import HFGenerator
 from longctx_nb.models import resolve_model
 from longctx_nb.needle import load_haystack
@@ -28,9 +28,9 @@ def decode(gen, past, logits, batch: int, steps: int):
     nxt, out = logits.argmax(-1).repeat(batch), []
     t = time.perf_counter()
     for i in range(steps):
-        o = gen.model(input_ids=nxt[:, None], position_ids=torch.full((batch, 1), n + i), past_key_values=past,
-                      use_cache=True)
-        past, nxt = o.past_key_values, o.logits[:, -1].argmax(-1)
+        o = gen.model(input_ids=nxt[:, None], position_ids=torch.full((batch, 1), n + i), use_cache=True,
+                      **{CACHE_ARG: past})
+        past, nxt = model_cache(o), o.logits[:, -1].argmax(-1)
         out.append(nxt)
     return torch.stack(out, 1), time.perf_counter() - t
 
@@ -48,11 +48,11 @@ def main():
     for n in args.contexts:
         x = torch.tensor([ids[:n]])
         with torch.no_grad():
-            prefilled = {kind: gen.model(input_ids=x, use_cache=True, logits_to_keep=1, past_key_values=cache)
+            prefilled = {kind: gen.model(input_ids=x, use_cache=True, logits_to_keep=1, **{CACHE_ARG: cache})
                          for kind, cache in (("dynamic", DynamicCache(config=gen.model.config)),
                                              ("growing", growing_cache(gen.model.config)))}
         for b in args.batches:
-            res = {k: decode(gen, o.past_key_values, o.logits[:, -1], b, args.new) for k, o in prefilled.items()}
+            res = {k: decode(gen, model_cache(o), o.logits[:, -1], b, args.new) for k, o in prefilled.items()}
             (td, sd), (tg, sg) = res["dynamic"], res["growing"]
             same = "identical" if torch.equal(td, tg) else f"{int((td != tg).any(1).sum())}/{b} rows differ"
             print(f"context {n:6,d}  batch {b:2d}  DynamicCache {b * args.new / sd:6.1f} tok/s  "

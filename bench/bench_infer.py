@@ -1,6 +1,6 @@
 """Prefill and decoding speed of the real model in float32 against the faster precision paths, in one run.
 
-Usage: python bench/bench_infer.py [--dtypes auto int8] [--lengths 2048 8192] [--batches 1 16] [--new 32]
+Usage: python bench/bench_infer.py [--dtypes auto int8] [--lengths 2048 8192] [--batches 1 16] [--new 32] [--repeats 3]
 
 SmolLM2-135M-Instruct (the offline registry model) loaded once per precision (`infer.resolve_dtype`): prefill
 tokens/s of one prompt of each length (real text, logits of the last position only, as generation prefills) and
@@ -11,12 +11,16 @@ precision: the CPU's flash kernel runs no faster in bf16, which is why long pref
 greedy answers of every path to a fixed set of prompts (chat questions, passkeys and a needle at
 2K) are compared with float32's, and the differences counted. bfloat16 on a CPU without native bf16 instructions is
 emulated and several times slower than float32: it is measured only when asked for by name.
+
+Every path is loaded first; each measurement then runs `--repeats` times, the paths taking turns within a round, and
+the median is reported: on a shared 2-core machine one slow second would otherwise decide a ratio. The longest prefill
+is then split into attention and the rest, each with its own ratio.
 """
-import argparse, time
+import argparse, statistics, time
 
 import torch
 
-from longctx_nb.infer import growing_cache, native_bf16, resolve_dtype
+from longctx_nb.infer import CACHE_ARG, growing_cache, model_cache, native_bf16, resolve_dtype
 from longctx_nb.llm import HFGenerator
 from longctx_nb.models import resolve_model
 from longctx_nb.needle import build_context, load_haystack, render_prompt, variant_spec
@@ -51,12 +55,12 @@ def prefill_tps(gen, ids: list[int]) -> float:
 def decode_tps(gen, ids: list[int], batch: int, steps: int) -> float:
     "Tokens per second of `steps` greedy decoding steps for `batch` copies of a prompt, after its prefill."
     x = torch.tensor([ids] * batch)  # the cache generation uses (appends without copying)
-    out = gen.model(input_ids=x, past_key_values=growing_cache(gen.model.config), use_cache=True, logits_to_keep=1)
-    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+    out = gen.model(input_ids=x, use_cache=True, logits_to_keep=1, **{CACHE_ARG: growing_cache(gen.model.config)})
+    past, nxt = model_cache(out), out.logits[:, -1].argmax(-1)
     t = time.perf_counter()
     for _ in range(steps):
-        out = gen.model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+        out = gen.model(input_ids=nxt[:, None], use_cache=True, **{CACHE_ARG: past})
+        past, nxt = model_cache(out), out.logits[:, -1].argmax(-1)
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -73,18 +77,45 @@ def attention_s(config, n: int, dtype) -> float:
     return (time.perf_counter() - t) * config.num_hidden_layers
 
 
-def measure(dtype: str, path, hay: str, args) -> dict:
-    "Speeds and answers of one precision path."
+def load(dtype: str, path) -> dict:
+    "One precision path: its generator and the dtype its layers compute in."
     gen = HFGenerator(path, batch_size=1, max_new_tokens=24, dtype=dtype)
-    text_ids = gen.encode(hay)
-    res = {"name": gen.dtype, "prefill": {}, "decode": {}, "config": gen.model.config,
-           "compute": next(gen.model.parameters()).dtype}
+    return {"gen": gen, "name": gen.dtype, "compute": next(gen.model.parameters()).dtype, "prefill": {}, "decode": {}}
+
+
+def interleaved(paths: list[dict], fn, repeats: int) -> list[float]:
+    "The median of `repeats` calls of `fn(path)` for each path, the paths taking turns within each round."
+    runs = [[] for _ in paths]
+    for _ in range(repeats):
+        for got, p in zip(runs, paths):
+            got.append(fn(p))
+    return [statistics.median(r) for r in runs]
+
+
+def measure(paths: list[dict], hay: str, args) -> None:
+    "Prefill and decoding speeds of every path (medians of interleaved repeats), then each path's answers."
+    text_ids = paths[0]["gen"].encode(hay)
     for n in args.lengths:
-        res["prefill"][n] = prefill_tps(gen, text_ids[:n])
+        for p, v in zip(paths, interleaved(paths, lambda p: prefill_tps(p["gen"], text_ids[:n]), args.repeats)):
+            p["prefill"][n] = v
     for b in args.batches:
-        res["decode"][b] = decode_tps(gen, text_ids[:256], b, args.new)
-    res["answers"] = gen.generate(answer_prompts(gen, hay))
-    return res
+        speeds = interleaved(paths, lambda p: decode_tps(p["gen"], text_ids[:256], b, args.new), args.repeats)
+        for p, v in zip(paths, speeds):
+            p["decode"][b] = v
+    for p in paths:
+        p["answers"] = p["gen"].generate(answer_prompts(p["gen"], hay))
+
+
+def split_line(r: dict, base: dict, n: int, repeats: int) -> str:
+    "The longest prefill of path `r` split into attention (median of `repeats`) and the rest, each against float32's."
+    config = r["gen"].model.config
+    a32, a = (statistics.median(attention_s(config, n, d) for _ in range(repeats))
+              for d in (torch.float32, r["compute"]))
+    rest32, rest = n / base["prefill"][n] - a32, n / r["prefill"][n] - a
+    name = str(r["compute"]).removeprefix("torch.")
+    return (f"one {n:,d}-token prefill: attention float32 {a32:.1f} s, {name} {a:.1f} s ({a32 / a:.2f}×); the rest "
+            f"float32 {rest32:.1f} s, {r['name']} {rest:.1f} s ({rest32 / rest:.2f}×); attention is "
+            f"{a32 / (a32 + rest32):.0%} of float32's prefill, so the prefill ratio stays below the rest's")
 
 
 def main():
@@ -93,30 +124,29 @@ def main():
     ap.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192], help="prefill lengths in tokens")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="decoding batch sizes")
     ap.add_argument("--new", type=int, default=32, help="decoding steps measured")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the median is reported")
     args = ap.parse_args()
     path, hay = resolve_model("smollm2-135m-instruct").path, load_haystack("paul_graham")
     print(f"SmolLM2-135M-Instruct on {torch.get_num_threads()} threads; native bf16: {native_bf16()}; "
-          f"auto = {resolve_dtype('auto')[0]}")
-    base = measure("float32", path, hay, args)
-    names = {base["name"]}
+          f"auto = {resolve_dtype('auto')[0]}; medians of {args.repeats} interleaved runs")
+    paths = [load("float32", path)]
     for d in args.dtypes:
-        r = measure(d, path, hay, args)
-        if r["name"] in names:
-            print(f"{d}: resolves to {r['name']} here, measured already")
+        p = load(d, path)
+        if p["name"] in {q["name"] for q in paths}:
+            print(f"{d}: resolves to {p['name']} here, measured once")
             continue
-        names.add(r["name"])
+        paths.append(p)
+    measure(paths, hay, args)
+    base = paths[0]
+    for r in paths[1:]:
         for n, v in r["prefill"].items():
             print(f"prefill {n:6,d} tokens  {r['name']:>14s} {v:8.1f} tok/s  float32 {base['prefill'][n]:8.1f} tok/s"
                   f"  {v / base['prefill'][n]:.2f}×")
         for b, v in r["decode"].items():
             print(f"decode  batch {b:3d}     {r['name']:>14s} {v:8.1f} tok/s  float32 {base['decode'][b]:8.1f} tok/s"
                   f"  {v / base['decode'][b]:.2f}×")
-        if r["compute"] != torch.float32:  # why long prefills gain less: attention is as slow in bf16 as in float32
-            n = max(args.lengths)
-            a32, a16 = attention_s(r["config"], n, torch.float32), attention_s(r["config"], n, r["compute"])
-            name = str(r["compute"]).removeprefix("torch.")
-            print(f"attention alone in one {n:,d}-token prefill: float32 {a32:.1f} s, {name} {a16:.1f} s "
-                  f"({a32 / a16:.2f}×; of float32's whole prefill: {a32 * base['prefill'][n] / n:.0%})")
+        if r["compute"] != torch.float32:
+            print(split_line(r, base, max(args.lengths), args.repeats))
         diff = [i for i, (a, f) in enumerate(zip(r["answers"], base["answers"])) if a != f]
         print(f"answers {r['name']}: {len(r['answers']) - len(diff)}/{len(r['answers'])} identical to float32's"
               + "".join(f"\n  [{i}] float32 {base['answers'][i]!r}\n      {r['name']} {r['answers'][i]!r}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
@@ -17,8 +18,9 @@ from transformers.masking_utils import sdpa_mask
 from .core import DTYPES  # the values of a generator's `dtype` setting, which parameter rules check too
 
 # %% auto 0
-__all__ = ['ATTN', 'cpu_flags', 'native_bf16', 'resolve_dtype', 'Int8Linear', 'quantize_int8', 'split_attention',
-           'decode_attention', 'offset_causal_attention', 'GrowingLayer', 'growing_cache', 'stackable', 'stack_caches']
+__all__ = ['ATTN', 'CACHE_ARG', 'cpu_flags', 'native_bf16', 'resolve_dtype', 'Int8Linear', 'quantize_int8', 'split_attention',
+           'decode_attention', 'offset_causal_attention', 'GrowingLayer', 'growing_cache', 'stackable', 'stack_caches',
+           'model_cache']
 
 # %% ../nbs/00o_infer.ipynb
 def cpu_flags(path="/proc/cpuinfo") -> set[str]:
@@ -177,3 +179,11 @@ def stack_caches(caches: list, config) -> tuple[DynamicCache, torch.Tensor]:
     for b, n in enumerate(lens):
         mask[b, T - n:] = 1
     return out, mask
+
+# %% ../nbs/00o_infer.ipynb
+_RENAMED = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (5, 24)
+CACHE_ARG = "cache" if _RENAMED else "past_key_values"  # the forward argument and output field of the KV cache
+
+def model_cache(out):
+    "The KV cache a forward pass returned, under the installed transformers' name for it."
+    return getattr(out, CACHE_ARG)

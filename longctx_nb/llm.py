@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .chat import ensure_chat_template
 # core's JSONL reader and torn-proof appender, and the run folder's paths
 from .core import RunDir, append_jsonl, read_json, read_jsonl, stable_hash
-from .infer import ATTN, growing_cache, quantize_int8, resolve_dtype, stack_caches, stackable
+from .infer import (ATTN, CACHE_ARG, growing_cache, model_cache, quantize_int8, resolve_dtype,
+                              stack_caches, stackable)
 from .models import apply_rope, resolve_model
 from .tokenizer import load_tokenizer
 
@@ -127,11 +128,11 @@ def prefill_batch(self: HFGenerator, ids: list[list[int]]):
     t = time.perf_counter()
     full = bool(mask.all())  # no padding: let attention take its causal fast path instead of an explicit mask
     out = self.model(input_ids=x, attention_mask=None if full else mask, position_ids=pos, use_cache=True,
-                     past_key_values=growing_cache(self.model.config), logits_to_keep=1)
+                     logits_to_keep=1, **{CACHE_ARG: growing_cache(self.model.config)})
     _sync()
     self.stats["prefill_s"] += time.perf_counter() - t
     self.stats["prefill_tokens"] += int(mask.sum())
-    return out.logits[:, -1], out.past_key_values, mask, pos
+    return out.logits[:, -1], model_cache(out), mask, pos
 
 # %% ../nbs/00f_llm.ipynb
 def _step_logits(out_logits: torch.Tensor, live: torch.Tensor, batch: int) -> torch.Tensor:
@@ -163,8 +164,8 @@ def _decode(self: HFGenerator, logits, past, mask, pos, max_new: int, temperatur
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
         pos = pos[:, -1:] + 1
         out = self.model(input_ids=nxt[live][:, None], attention_mask=mask, position_ids=pos,
-                         past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                         use_cache=True, **{CACHE_ARG: past})
+        past = model_cache(out)
         nxt = pick_tokens(_step_logits(out.logits[:, -1], live, B), temperature, rng)
         gen.append(nxt)
         self.stats["decode_tokens"] += len(live)
@@ -217,14 +218,14 @@ def prefill_reusing(self: HFGenerator, ids: list[int], max_new: int = 0):
     _sync()
     t = time.perf_counter()
     out = self.model(input_ids=x, position_ids=torch.arange(keep, len(ids), device=self.device)[None],
-                     past_key_values=past, use_cache=True, logits_to_keep=1)
+                     use_cache=True, logits_to_keep=1, **{CACHE_ARG: past})
     _sync()
     self.stats["prefill_s"] += time.perf_counter() - t
     self.stats["prefill_tokens"] += len(ids) - keep
     self.stats["reused_tokens"] += keep
-    self._anchors = [(ids, copy.deepcopy(out.past_key_values)), *self._anchors[:1]]
+    self._anchors = [(ids, copy.deepcopy(model_cache(out))), *self._anchors[:1]]
     mask = torch.ones((1, len(ids)), dtype=torch.long, device=self.device)
-    return out.logits[:, -1], out.past_key_values, mask, mask.cumsum(-1) - 1
+    return out.logits[:, -1], model_cache(out), mask, mask.cumsum(-1) - 1
 
 # %% ../nbs/00f_llm.ipynb
 @patch

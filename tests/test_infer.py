@@ -10,7 +10,7 @@ import torch
 from conftest import longctx
 from longctx_nb import models as M
 from longctx_nb import infer as I
-from longctx_nb.infer import ATTN, Int8Linear
+from longctx_nb.infer import ATTN, CACHE_ARG, Int8Linear, model_cache
 from longctx_nb.llm import HFGenerator
 from longctx_nb.needle import build_context, load_haystack, render_prompt, variant_spec
 
@@ -62,8 +62,8 @@ def test_suffix_after_cached_prefix_gives_a_full_prefills_last_logits(smol_dir, 
     full, *_ = gen.prefill_batch([ids])
     cut = len(ids) * 3 // 5
     with torch.no_grad():
-        past = gen.model(input_ids=torch.tensor([ids[:cut]]), use_cache=True).past_key_values
-        out = gen.model(input_ids=torch.tensor([ids[cut:]]), past_key_values=copy.deepcopy(past), use_cache=True,
+        past = model_cache(gen.model(input_ids=torch.tensor([ids[:cut]]), use_cache=True))
+        out = gen.model(input_ids=torch.tensor([ids[cut:]]), use_cache=True, **{CACHE_ARG: copy.deepcopy(past)},
                         position_ids=torch.arange(cut, len(ids))[None], logits_to_keep=1)
     assert len(split) == gen.model.config.num_hidden_layers  # every layer took the split path
     suffix = out.logits[:, -1].float()
