@@ -25,7 +25,7 @@ run: install
 check: install
 	@for p in longctx_nb/profiles/*.yaml; do $(BIN)/longctx check --profile $$p || exit 1; done
 
-# The smol profile (SmolLM2, the GPU profile's code paths) at CPU sizes, stages 01-08 (about 10 minutes on 2 cores
+# The smol profile (SmolLM2, the GPU profile's code paths) at CPU sizes, stages 01-09 (about 13 minutes on 2 cores
 # with native bf16, three times that without); `make test` skips it.
 smoke: install
 	LONGCTX_SMOKE=1 $(BIN)/python -m pytest -q tests/test_smol_smoke.py
