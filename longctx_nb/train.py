@@ -26,7 +26,7 @@ __all__ = ['FLASH', 'PACKED_SDPA', 'ATTENTION', 'flash_available', 'attn_impleme
            'packed_sdpa_bound', 'TrainConfig', 'steps_for', 'weighted_nll_sum', 'weighted_lm_loss', 'shift_weights',
            'chunked_lm_loss', 'tile_mlp', 'WeightedLossTrainer', 'ThroughputCallback', 'StepCount', 'StepTimer',
            'last_checkpoint', 'run_key', 'finished_run', 'run_folder', 'claim_run_folder', 'check_parallel',
-           'init_process_state', 'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
+           'gloo_collectives', 'init_process_state', 'sequence_parallel', 'training_args', 'train_lm', 'plot_training']
 
 # %% ../nbs/00e_train.ipynb
 FLASH = ("flash_attention_2", "flash_attention_4")  # flash-attn kernels, in order of preference
@@ -358,10 +358,19 @@ def check_parallel(cfg: TrainConfig, model, evaluating: bool = False) -> None:
                          f"use sdpa or one of {FLASH}")
     if _world() % cfg.sp_size: raise ValueError(f"world size {_world()} is not a multiple of sp_size={cfg.sp_size}")
 
+def gloo_collectives() -> None:
+    "Send DeepSpeed's CPU collectives through gloo, not its shared-memory op (C++ compiled on first use)."
+    import deepspeed.ops  # DeepSpeed is optional: only runs with a DeepSpeed config import it
+    # The op is built with ninja once per environment: ~40 s of a 2-core machine in every fresh checkout's stage 06,
+    # for collectives gloo does as well at these sizes. The probe's dict is kept in the module, so the edit holds.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
 def init_process_state(cfg: TrainConfig) -> bool:
     "Under a multi-process launcher on CPU, create the gloo process state HF Trainer will reuse; True if created."
     if _world() <= 1 or torch.cuda.is_available(): return False
-    if cfg.deepspeed: os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    if cfg.deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        gloo_collectives()
     PartialState(backend="gloo")
     return True
 
