@@ -285,9 +285,13 @@ def effective_length(avg: pd.Series, threshold: float = RULER_THRESHOLD) -> int 
     return int(ok.index.max()) if len(ok) else None
 
 def ruler_average(table: pd.DataFrame) -> pd.DataFrame:
-    "Each model's RULER average by length (the mean over the tasks it ran at that length)."
+    "Each model's RULER average by length: the mean over its RULER tasks, at the lengths where it ran all of them."
     r = table[(table.group == "ruler") & (table.metric == "score")]
-    return r.groupby(["model", "length"]).value.mean().unstack("length")
+    out = {}
+    for model, m in r.groupby("model"):
+        piv = m.pivot_table(index="length", columns="task", values="value")
+        out[model] = piv[piv.notna().all(axis=1)].mean(axis=1)
+    return pd.DataFrame(out).T.rename_axis(index="model", columns="length")
 
 # %% ../nbs/09_benchmarks.ipynb
 def _window_line(ax, lengths: list[int], train_len: int | None, y: float):
@@ -295,7 +299,7 @@ def _window_line(ax, lengths: list[int], train_len: int | None, y: float):
     inside = sum(L <= train_len for L in lengths) if train_len else 0
     if not 0 < inside < len(lengths): return
     ax.axvline(inside, color="black", ls="--", lw=1.2)
-    ax.text(inside + 0.05, y, f"window {train_len:,}", fontsize=7)
+    ax.text(inside + 0.05, y, f"window {train_len:,}", fontsize=7, va="bottom")
 
 def cell_labels(score: pd.DataFrame, stderr: pd.DataFrame) -> np.ndarray:
     "Heatmap labels: each score (%), with its standard error under it where the cell has one (two samples or more)."
@@ -309,16 +313,20 @@ def plot_ruler_heatmap(table: pd.DataFrame, model: str, train_len: int | None = 
     r = table[(table.model == model) & (table.group == "ruler") & (table.metric == "score")]
     piv = r.pivot_table(index="task", columns="length", values="value").reindex(
         [t for t in RULER_TASKS if t in set(r.task)]) * 100
+    piv.columns = piv.columns.astype(int)  # a table read back from CSV holds lengths as floats
     se = r.pivot_table(index="task", columns="length", values="stderr").reindex(index=piv.index, columns=piv.columns)
     fig, ax = plt.subplots(figsize=(1.0 * piv.shape[1] + 3.2, 0.55 * piv.shape[0] + 1.6))
     sns.heatmap(piv, annot=cell_labels(piv, se * 100), fmt="", cmap="RdYlGn", vmin=0, vmax=100, ax=ax, linewidths=0.5,
                 cbar_kws={"label": "score (%)"})
+    for (row, col) in zip(*np.where(piv.isna().to_numpy())):  # a length only some tasks reach: not run, grey
+        ax.add_patch(plt.Rectangle((col, row), 1, 1, color="#e6e6e6", lw=0))
+        ax.text(col + 0.5, row + 0.5, "not run", ha="center", va="center", fontsize=7, color="grey")
     n = sorted(set(r["samples"].dropna().astype(int))) if "samples" in r else []
     each = f"{n[0]} samples a cell, " if len(n) == 1 else ""
     ax.set(xlabel="context length (tokens)", ylabel="",
            title=f"RULER — {model}" + (f"\n{each}± standard error" if se.notna().any().any() else ""))
     ax.tick_params(axis="y", rotation=0)
-    _window_line(ax, list(piv.columns), train_len, 0.3)
+    _window_line(ax, list(piv.columns), train_len, piv.shape[0] - 0.05)  # under the last row's numbers
     fig.tight_layout()
     return fig
 

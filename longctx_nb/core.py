@@ -453,6 +453,7 @@ PARAM_RULES = {  # stage ("*": every stage) -> parameter -> rule; a rule's `type
            "models": {"spec": "each", "kind": "model"}},
     "09": {"tokenizer": {"type": (str, None)}, "models": {"spec": "each", "kind": "model"},
            "tasks": {"choices": RULER_TASKS + LONGBENCH_TASKS}, "lengths": {"each": int, "min": 1},
+           "task_lengths": {"type": dict, "fields": {t: {"type": list, "each": int, "min": 1} for t in RULER_TASKS}},
            "samples_per_cell": {"min": 1}, "batch_size": {"min": 1}, "longbench_data": {"type": str},
            "longbench_samples": {"type": (int, None), "min": 1}, "longbench_max_length": {"min": 64},
            "longbench_max_gen": {"type": (int, None), "min": 1}, "short_tasks": {"type": (dict, None)},

@@ -20,7 +20,8 @@ def check_stage(run, p: dict):
     longbench = [x for x in p["tasks"] if x.startswith("longbench_")]
     for name, spec in p["models"].items():
         got = scored[(scored.model == name) & (scored.group == "ruler")]
-        want = {(task, L) for task in ruler for L in spec.get("lengths", p["lengths"])}
+        want = {(task, L) for task in ruler for L in spec.get("lengths") or p.get("task_lengths", {}).get(task)
+                or p["lengths"]}
         assert set(zip(got.task, got.length)) == want, name
         assert got.value.between(0, 1).all() and (got.samples == p["samples_per_cell"]).all()
         assert got.stderr.notna().all() == (p["samples_per_cell"] > 1)  # two samples or more: a standard error
@@ -61,6 +62,15 @@ def test_every_model_task_and_length_is_scored(cpu_run):
     assert scored.set_index(["model", "task", "length"]).loc[("smollm2", "niah_single_2", 1024), "value"] == 1.0
     groups = pd.read_csv(cpu_run / STAGE / "tables" / "longbench_groups.csv", index_col=0)
     assert list(groups.columns) == ["S-Doc QA", "M-Doc QA", "Summ"] and set(groups.index) == set(p["models"])
+    # one needle task past SmolLM2's 8K window, as is and with YaRN: its prompts are longer than the window, and the
+    # RULER average stays at the lengths every task ran
+    past = max(p["task_lengths"]["niah_single_2"])
+    m = json.loads((cpu_run / STAGE / "metrics.json").read_text())
+    for name in ("smollm2", "smollm2-yarn2"):
+        text = (cpu_run / STAGE / "samples" / name / "niah_single_2.jsonl").read_text()
+        rows = [json.loads(x) for x in text.splitlines()]
+        assert min(r["tokens"] for r in rows if r["length"] == past) > 8192
+        assert set(m["ruler_average"][name]) == {str(L) for L in p["lengths"]}
 
 
 def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(cpu_run, tmp_path):

@@ -39,6 +39,14 @@ def test_model_names_and_reads_are_checked(tmp_path):
     assert "stage 06_distributed: strategy: reads upsampled/global" in r.stderr
 
 
+@pytest.mark.parametrize("value, says", [("{niah_single_2: 8448}", "niah_single_2=8448 is an integer; expected a list"),
+                                         ("{niah_x: [8448]}", "unknown key(s) ['niah_x']")])
+def test_task_lengths_are_checked(tmp_path, value, says):
+    r = longctx("check", "--profile", "cpu", "--run-dir", str(tmp_path / "r"), "-p", f"09.task_lengths={value}",
+                check=False)
+    assert r.returncode == 1 and "stage 09_benchmarks: task_lengths: " in r.stderr and says in r.stderr
+
+
 def test_run_checks_first_and_does_no_work(tmp_path):
     rd = tmp_path / "r"
     r = longctx("run", "--profile", "gpu", "--stages", "06", "--run-dir", str(rd),
