@@ -23,11 +23,14 @@ def longctx(*args, check=True, **kw):
 # and with YaRN x2) is most of stage 07's time, and tests/test_eval.py checks that grid. Code paths past the window
 # (dynamic NTK's prefix reuse) are tested on SmolLM2 directly in tests/test_infer.py. Stage 03 scores
 # 3 validation documents per cell and stage 08 asks 4 cases. Stage 03 keeps the profile's training tokens: with half
-# of them one extension's last logged loss was 7.09, above tests/test_extend.py's bound of 7.
+# of them one extension's last logged loss was 7.09, above tests/test_extend.py's bound of 7. Stage 09's one needle
+# task past the grid (the profile: 8,448 tokens, past SmolLM2's window; four 8K prefills on this run's one thread)
+# stands at 3,072 tokens: the same task_lengths path, a fraction of the time; `make smoke` runs RULER past the window.
 SMOLLM2_VARIANTS = ("smollm2", "smollm2-yarn2")
+RULER_TASK_LENGTHS = {"niah_single_2": [1024, 2048, 3072]}
 CPU_TEST = [*[f"07.models.{m}.{k}" for m in SMOLLM2_VARIANTS
               for k in ("lengths=[512, 1024, 2048]", "depths=[0, 50, 100]")],
-            "03.eval_docs=3", "08.n_fixture=4"]
+            "03.eval_docs=3", "08.n_fixture=4", f"09.task_lengths={json.dumps(RULER_TASK_LENGTHS)}"]
 CPU_ARGS = ["--profile", "cpu", *[a for o in CPU_TEST for a in ("-p", o)]]
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import longctx
+from conftest import RULER_TASK_LENGTHS, longctx
 from longctx_nb.core import PROFILES_DIR
 
 STAGE = "09_benchmarks"
@@ -56,21 +56,23 @@ def check_stage(run, p: dict):
 
 
 def test_every_model_task_and_length_is_scored(cpu_run):
-    p = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())["stages"]["09"]
+    p = {**yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())["stages"]["09"], "task_lengths": RULER_TASK_LENGTHS}
     scored = check_stage(cpu_run, p)
     # the real model finds a single needle at 1K; the suite's tiny SFT model is evaluated by the same code path
     assert scored.set_index(["model", "task", "length"]).loc[("smollm2", "niah_single_2", 1024), "value"] == 1.0
     groups = pd.read_csv(cpu_run / STAGE / "tables" / "longbench_groups.csv", index_col=0)
     assert list(groups.columns) == ["S-Doc QA", "M-Doc QA", "Summ"] and set(groups.index) == set(p["models"])
-    # one needle task past SmolLM2's 8K window, as is and with YaRN: its prompts are longer than the window, and the
-    # RULER average stays at the lengths every task ran
+    # one needle task past the other tasks' lengths (the profile: past SmolLM2's 8K window), as is and with YaRN: its
+    # prompts are longer than the grid's, and the RULER average stays at the lengths every task ran
     past = max(p["task_lengths"]["niah_single_2"])
     m = json.loads((cpu_run / STAGE / "metrics.json").read_text())
     for name in ("smollm2", "smollm2-yarn2"):
         text = (cpu_run / STAGE / "samples" / name / "niah_single_2.jsonl").read_text()
         rows = [json.loads(x) for x in text.splitlines()]
-        assert min(r["tokens"] for r in rows if r["length"] == past) > 8192
+        assert min(r["tokens"] for r in rows if r["length"] == past) > max(p["lengths"])
         assert set(m["ruler_average"][name]) == {str(L) for L in p["lengths"]}
+    profile = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())["stages"]["09"]
+    assert max(profile["task_lengths"]["niah_single_2"]) > 8192  # make run: past SmolLM2's window
 
 
 def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(cpu_run, tmp_path):
