@@ -81,7 +81,7 @@ def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(
     run = tmp_path / "r"
     args = ["run", "--stages", "09", "--run-dir", str(run), "-p", f"09.tokenizer={tok}",
             "-p", f"09.models={{a: {{path: {sft}, prompt: chat}}, b: {{path: {sft}, prompt: story}}}}",
-            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, ruler_qa_hotpot, longbench_qasper]",
+            "-p", "09.lengths=[1024]", "-p", "09.task_lengths={}", "-p", "09.tasks=[niah_single_2, ruler_qa_hotpot, longbench_qasper]",
             "-p", "09.retention_base=a", "-p", "09.short_samples=4"]
     longctx(*args)
     t = pd.read_csv(run / STAGE / "tables" / "results.csv")
@@ -110,7 +110,7 @@ def test_qa_tasks_without_their_files_are_listed_as_skipped_and_a_rerun_resumes(
 def test_what_cannot_run_gets_one_clear_line(tmp_path, override, says):
     run = tmp_path / "r"
     args = ["run", "--stages", "09", "--run-dir", str(run), "-p", "09.models={s: {path: smollm2-135m-instruct}}",
-            "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, longbench_qasper]", "-p", override]
+            "-p", "09.lengths=[1024]", "-p", "09.task_lengths={}", "-p", "09.tasks=[niah_single_2, longbench_qasper]", "-p", override]
     r = longctx(*args, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode != 0 and says in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
 
@@ -124,7 +124,7 @@ def test_a_failing_endpoint_gets_one_line_keeps_what_finished_and_never_writes_i
          LoopbackJudge(api_key=key, fail_first=10**6, fail_code=503) as bad:
         ep = lambda srv: f"{{endpoint: {{base_url: '{srv.url}', model: m, api_key_env: LB_KEY, max_retries: 1, tokenizer: '{tok}'}}}}"
         args = ["run", "--stages", "09", "--run-dir", str(run), "-p", f"09.models={{good: {ep(good)}, bad: {ep(bad)}}}",
-                "-p", "09.lengths=[1024]", "-p", "09.tasks=[niah_single_2, longbench_qasper]"]
+                "-p", "09.lengths=[1024]", "-p", "09.task_lengths={}", "-p", "09.tasks=[niah_single_2, longbench_qasper]"]
         r = longctx(*args, check=False, env={**os.environ, "LB_KEY": key, "HF_HUB_OFFLINE": "1"})
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "bad on niah_single_2: ClientResponseError: 503" in out, out[-3000:]
