@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect, glob, gzip, io, json, os, warnings
 from array import array
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,7 +22,7 @@ from .sources import SOURCES, get_source
 __all__ = ['CORPUS_SUFFIXES', 'TEXT_BYTES_PER_TOKEN', 'PACKED', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog',
            'record_to_doc', 'iter_jsonl', 'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'part_names',
            'iter_docs', 'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation',
-           'build_sample_corpus']
+           'prefetch_archives', 'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -354,11 +355,24 @@ def _mixture_budgets(by_dom: dict[str, list], mixture) -> dict[str, float]:
     return {d: (total * shares[d] / tot if d in avail else 0.0) for d in by_dom}
 
 # %% ../nbs/00b_corpus.ipynb
+def prefetch_archives(srcs, workers: int = 4) -> dict:
+    "Start downloading every source's package at once, each package once: `{package: future of its archive}`."
+    pool = ThreadPoolExecutor(workers)  # downloads wait on the network: they overlap, and with the reading below
+    futures = {}
+    for s in srcs:
+        if s.package and s.package not in futures:
+            futures[s.package] = pool.submit(s.archive)
+    pool.shutdown(wait=False)
+    return futures
+
 def _read_sources(srcs) -> tuple[dict, dict]:
     "Each source's documents by domain (outliers and exact duplicates dropped), and a report per source."
     by_dom, seen, report = defaultdict(list), set(), {}
+    archives = prefetch_archives(srcs)
     for s in tqdm(srcs, desc="sources"):
-        try: docs = s.cached_documents()
+        try:
+            if s.package: archives[s.package].result()  # a failed download raises here, as it would below
+            docs = s.cached_documents()
         except Exception as e:  # SourceUnavailable, or a package whose layout changed
             warnings.warn(f"source {s.name!r} skipped: {e}")
             report[s.name] = {"status": "skipped", "reason": str(e)[:300]}
