@@ -4,10 +4,12 @@
 
 # %% ../nbs/09_benchmarks.ipynb 2
 from __future__ import annotations
-import contextlib, io, json, logging, os, random, re
+import contextlib, io, json, logging, operator, os, random, re
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -27,12 +29,12 @@ from .sources import paul_graham_essays
 
 # %% auto 0
 __all__ = ['LM_EVAL_TASKS', 'NIAH', 'RULER_YAML', 'RULER_QA', 'RULER_CATEGORY', 'RULER_MIN_LEN', 'RULER_THRESHOLD',
-           'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'SHORT_METRIC', 'FIXTURE_MC', 'ruler_modules',
-           'essay_haystack', 'read_qa', 'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task', 'longbench_docs',
-           'longbench_task', 'longbench_fixture', 'mc_fixture', 'mc_task', 'retention', 'plot_retention', 'result_rows',
-           'effective_length', 'ruler_average', 'cell_labels', 'plot_ruler_heatmap', 'plot_ruler_average',
-           'longbench_groups', 'plot_longbench', 'lm_for', 'env_info_once', 'evaluate_model', 'sample_records',
-           'saved_result', 'result_path', 'samples_path', 'merge_results']
+           'LONGBENCH_GROUPS', 'LONGBENCH_GROUP', 'LONGBENCH_ZH', 'SHORT_METRIC', 'FIXTURE_MC', 'ruler_words',
+           'ruler_modules', 'essay_haystack', 'read_qa', 'ruler_samples', 'ruler_score', 'ruler_results', 'ruler_task',
+           'longbench_docs', 'longbench_task', 'longbench_fixture', 'mc_fixture', 'mc_task', 'retention',
+           'plot_retention', 'result_rows', 'effective_length', 'ruler_average', 'cell_labels', 'plot_ruler_heatmap',
+           'plot_ruler_average', 'longbench_groups', 'plot_longbench', 'lm_for', 'env_info_once', 'evaluate_model',
+           'sample_records', 'saved_result', 'result_path', 'samples_path', 'merge_results']
 
 # %% ../nbs/09_benchmarks.ipynb
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -65,13 +67,29 @@ def _sentences():
     from nltk.tokenize.punkt import PunktSentenceTokenizer
     return lru_cache(maxsize=1024)(PunktSentenceTokenizer().tokenize)
 
+def ruler_words(adjs: list[str], nouns: list[str]) -> list[str]:
+    "RULER's needle keys as lm-eval 0.4.13 makes them (`prepare_niah.WORDS`): every `adjective-noun`, unique, sorted."
+    # lm-eval sorts a set of 6.2M strings (8-10 s on 2 cores). Built adjective by adjective, the list is sorted but
+    # where an adjective holds a hyphen, so the sort only merges runs; duplicates would sit side by side
+    words = [f"{a}-{n}" for a in sorted(set(adjs), key=lambda a: a + "-") for n in sorted(set(nouns))]
+    words.sort()
+    return sorted(set(words)) if any(map(operator.eq, words, islice(words, 1, None))) else words
+
 @lru_cache(maxsize=1)
 def ruler_modules():
-    "lm-eval's RULER generators, imported once (wonderwords' key list: ~20 s), made offline."
-    import nltk
-    # prepare_niah fetches nltk's punkt_tab when imported: never here (its splitter is replaced just below)
-    with mock.patch.object(nltk, "download", lambda *a, **kw: False), contextlib.redirect_stdout(io.StringIO()):
-        from lm_eval.tasks.ruler import prepare_niah, vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
+    "lm-eval's RULER generators, imported once, made offline; their needle keys made in 2 s instead of 10."
+    import nltk, wonderwords
+    cats = wonderwords.RandomWord()._categories
+    # prepare_niah fetches nltk's punkt_tab when imported: never here (its splitter is replaced just below); and it
+    # builds its key list as it is imported: from no adjectives here, the real list is set just below
+    no_keys = lambda: SimpleNamespace(_categories={**cats, "adjectives": []})
+    with (mock.patch.object(nltk, "download", lambda *a, **kw: False), contextlib.redirect_stdout(io.StringIO()),
+          mock.patch.object(wonderwords, "RandomWord", no_keys)):
+        from lm_eval.tasks.ruler import prepare_niah
+    from lm_eval.tasks.ruler import vt_utils, cwe_utils, fwe_utils, qa_utils, niah_utils, common_utils
+    if not prepare_niah.WORDS:  # imported just now, under the stand-in
+        prepare_niah.adjs = cats["adjectives"]
+        prepare_niah.WORDS = ruler_words(prepare_niah.adjs, prepare_niah.nouns)
     prepare_niah.cached_sent_tokenize = _sentences()  # instead of nltk's punkt_tab, a download
     return {"niah": prepare_niah, "niah_utils": niah_utils, "vt": vt_utils, "cwe": cwe_utils, "fwe": fwe_utils,
             "qa": qa_utils, "common": common_utils}

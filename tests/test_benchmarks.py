@@ -147,3 +147,25 @@ def test_ruler_generators_load_without_any_download(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "NLTK_DATA": str(tmp_path)})
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr[-2000:]
     assert "punkt" not in r.stdout + r.stderr
+
+
+def test_ruler_keys_and_samples_equal_those_of_lm_evals_own_import(tmp_path):
+    # lm-eval's RULER module imported as lm-eval imports it (its key list built at import) and through ruler_modules
+    # (the list made by ruler_words): the same 6M keys in the same order, so the same seeded samples
+    code = ("import hashlib, json, sys, nltk\n"
+            "nltk.download = lambda *a, **kw: False\n"
+            "if sys.argv[1] == 'plain':\n"
+            "    from lm_eval.tasks.ruler import prepare_niah\n"
+            "from transformers import AutoTokenizer\n"
+            "from longctx_nb.benchmarks import ruler_modules, ruler_samples\n"
+            "from longctx_nb.models import registry_path\n"
+            "tok = AutoTokenizer.from_pretrained(registry_path('smollm2-135m-instruct', progress=False))\n"
+            "words = ruler_modules()['niah'].WORDS\n"
+            "digest = hashlib.sha256('\\n'.join(words).encode()).hexdigest()\n"
+            "print(json.dumps([len(words), digest, ruler_samples('niah_single_2', tok, 1024, 2, seed=3)]))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NLTK_DATA": str(tmp_path)}
+    outs = [subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, cwd=tmp_path, env=env)
+            for how in ("plain", "ruler_modules")]
+    assert all(r.returncode == 0 for r in outs), [r.stderr[-2000:] for r in outs]
+    plain, ours = [json.loads(r.stdout.strip().splitlines()[-1]) for r in outs]
+    assert plain[0] > 10 ** 6 and len(plain[2]) == 2 and plain == ours
