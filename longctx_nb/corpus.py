@@ -4,10 +4,10 @@
 
 # %% ../nbs/00b_corpus.ipynb 2
 from __future__ import annotations
-import bisect, glob, gzip, io, json, os, warnings
+import bisect, contextlib, glob, gzip, io, json, multiprocessing, os, warnings
 from array import array
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,8 +21,8 @@ from .sources import SOURCES, get_source
 # %% auto 0
 __all__ = ['CORPUS_SUFFIXES', 'TEXT_BYTES_PER_TOKEN', 'PACKED', 'LENGTH_BANDS_CHARS', 'Doc', 'CorpusError', 'ErrorLog',
            'record_to_doc', 'iter_jsonl', 'iter_parquet', 'iter_hf', 'corpus_files', 'corpus_key', 'part_names',
-           'iter_docs', 'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation',
-           'prefetch_archives', 'build_sample_corpus']
+           'iter_docs', 'est_tokens', 'pool_files', 'doc_record', 'write_shards', 'split_validation', 'read_ahead',
+           'build_sample_corpus']
 
 # %% ../nbs/00b_corpus.ipynb
 @dataclass
@@ -355,24 +355,33 @@ def _mixture_budgets(by_dom: dict[str, list], mixture) -> dict[str, float]:
     return {d: (total * shares[d] / tot if d in avail else 0.0) for d in by_dom}
 
 # %% ../nbs/00b_corpus.ipynb
-def prefetch_archives(srcs, workers: int = 4) -> dict:
-    "Start downloading every source's package at once, each package once: `{package: future of its archive}`."
-    pool = ThreadPoolExecutor(workers)  # downloads wait on the network: they overlap, and with the reading below
-    futures = {}
+def _read_in_worker(names: list[str]) -> None:
+    "Read the named sources into the documents cache (a worker of `read_ahead`; the caller meets any error again)."
+    for name in names:
+        s = get_source(name)
+        with contextlib.suppress(Exception):
+            if not s.documents_path().exists(): s.cached_documents()
+
+def read_ahead(srcs, workers: int | None = None) -> tuple:
+    "Read the suite's sources into the documents cache in worker processes: `(pool, {source name: future})`."
+    groups = {}  # sources of one package read in one worker: never two downloads of one archive at once
     for s in srcs:
-        if s.package and s.package not in futures:
-            futures[s.package] = pool.submit(s.archive)
-    pool.shutdown(wait=False)
-    return futures
+        if any(s is r for r in SOURCES): groups.setdefault(s.package or s.name, []).append(s.name)
+    threads = os.environ.get("OMP_NUM_THREADS", "")  # a run held to fewer threads than cores holds these too
+    workers = min(workers or (int(threads) if threads.isdigit() else os.cpu_count() or 1), len(groups))
+    if workers < 2: return None, {}
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(_read_in_worker, names) for names in groups.values()]
+    return pool, {name: f for f, names in zip(futures, groups.values()) for name in names}
 
 def _read_sources(srcs) -> tuple[dict, dict]:
     "Each source's documents by domain (outliers and exact duplicates dropped), and a report per source."
     by_dom, seen, report = defaultdict(list), set(), {}
-    archives = prefetch_archives(srcs)
+    pool, ahead = read_ahead(srcs)
     for s in tqdm(srcs, desc="sources"):
-        try:
-            if s.package: archives[s.package].result()  # a failed download raises here, as it would below
-            docs = s.cached_documents()
+        with contextlib.suppress(Exception):  # a worker's error is met again just below, and reported
+            if s.name in ahead: ahead[s.name].result()
+        try: docs = s.cached_documents()
         except Exception as e:  # SourceUnavailable, or a package whose layout changed
             warnings.warn(f"source {s.name!r} skipped: {e}")
             report[s.name] = {"status": "skipped", "reason": str(e)[:300]}
@@ -392,6 +401,7 @@ def _read_sources(srcs) -> tuple[dict, dict]:
             kept += 1
         report[s.name] = {"status": "ok", "domain": s.domain, "package": s.package or "(this Python's stdlib)",
                           "docs": kept, "dropped_over_max_chars": over, "dropped_duplicates": dup}
+    if pool: pool.shutdown()
     return by_dom, report
 
 # %% ../nbs/00b_corpus.ipynb

@@ -5,7 +5,7 @@
 # %% ../nbs/00a_sources.ipynb 2
 from __future__ import annotations
 import bz2, copyreg, fnmatch, gzip, html, io, json, lzma, os, pickle, posixpath, re, shutil, struct, subprocess, sys
-import sysconfig, tarfile, threading, warnings, zipfile, zlib
+import sysconfig, tarfile, warnings, zipfile, zlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -46,7 +46,6 @@ def fetch_pypi(spec: str) -> Path:
     return p
 
 _apt_updated = False
-_apt_lock = threading.Lock()
 def fetch_deb(name: str) -> Path:
     "Download Debian package `name` with `apt-get download` into the cache (running `apt-get update` once if needed)."
     global _apt_updated
@@ -54,11 +53,9 @@ def fetch_deb(name: str) -> Path:
     if (hits := sorted(d.glob(f"{name}_*.deb"))): return hits[-1]
     if not shutil.which("apt-get"): raise SourceUnavailable(f"{name}: no apt-get on this machine")
     r = _run(["apt-get", "download", name], cwd=d)
-    if r.returncode and hasattr(os, "geteuid") and os.geteuid() == 0:
-        with _apt_lock:  # packages download side by side: one `apt-get update`, the others wait for it
-            if not _apt_updated:
-                _apt_updated = True
-                _run(["apt-get", "update", "-qq"])
+    if r.returncode and not _apt_updated and hasattr(os, "geteuid") and os.geteuid() == 0:
+        _apt_updated = True
+        _run(["apt-get", "update", "-qq"])
         r = _run(["apt-get", "download", name], cwd=d)
     if r.returncode or not (hits := sorted(d.glob(f"{name}_*.deb"))):
         raise SourceUnavailable(f"apt-get download {name} failed: {(r.stderr or r.stdout).strip()[-500:]}")
@@ -475,9 +472,13 @@ class Source:
         reader = [getattr(self.read, "__module__", ""), getattr(self.read, "__qualname__", "")]
         return stable_key(self.name, where, list(self.members), reader, file_sha256(package_dir() / "sources.py"))
 
+    def documents_path(self) -> Path:
+        "Where `cached_documents` keeps this source's documents (downloads the archive to name it)."
+        return cache_dir("documents") / f"{self.name}-{self.cache_key()}.jsonl"
+
     def cached_documents(self) -> list[tuple[str, str]]:
         "`documents()`, read once per `cache_key` and then from the cache (`documents/<name>-<key>.jsonl`)."
-        path = cache_dir("documents") / f"{self.name}-{self.cache_key()}.jsonl"
+        path = self.documents_path()
         if path.exists():
             with path.open(encoding="utf-8") as f: return [tuple(json.loads(line)) for line in f]
         docs = list(self.documents())
